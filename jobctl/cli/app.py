@@ -1,0 +1,130 @@
+"""The Typer application, its global options, and the one place errors become exit codes."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from functools import cached_property
+from typing import Annotated, Any, TypeVar
+
+import typer
+from typer._click import exceptions as click_exc
+from typer.core import TyperGroup
+
+from jobctl import __version__
+from jobctl.config import Config
+from jobctl.errors import ExitCode, JobctlError
+from jobctl.store.base import Store
+
+T = TypeVar("T")
+
+
+class Session:
+    """What every command needs: the config and the store, opened on first use."""
+
+    def __init__(self, store_flag: str | None, debug: bool) -> None:
+        self.store_flag = store_flag
+        self.debug = debug
+
+    @cached_property
+    def config(self) -> Config:
+        return Config.load()
+
+    @cached_property
+    def location(self) -> str:
+        from jobctl.store import resolve_location
+
+        return resolve_location(self.store_flag, self.config)
+
+    @cached_property
+    def store(self) -> Store:
+        from jobctl.store import open_store
+
+        return open_store(self.location, self.config)
+
+
+def session(ctx: typer.Context) -> Session:
+    obj = ctx.find_root().obj
+    assert isinstance(obj, Session)
+    return obj
+
+
+class JobctlGroup(TyperGroup):
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except JobctlError as e:
+            _fail(ctx, str(e), e.exit_code)
+        except click_exc.NoArgsIsHelpError:
+            raise
+        except click_exc.UsageError as e:
+            sub = f" {e.ctx.command.name}" if e.ctx is not None and e.ctx.command is not self else ""
+            _fail(ctx, f"{e.format_message()} (see 'jobctl{sub} --help')", ExitCode.USAGE)
+        except OSError as e:
+            where = f": {e.filename}" if e.filename else ""
+            _fail(ctx, f"{e.strerror or e}{where}", ExitCode.FAILED)
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+
+
+def _fail(ctx: Any, message: str, code: int) -> None:
+    obj = ctx.obj
+    if (isinstance(obj, Session) and obj.debug) or os.environ.get("JOBCTL_DEBUG"):
+        raise  # noqa: PLE0704 -- re-raise the exception being handled, with its traceback
+    print(f"jobctl: error: {message}", file=sys.stderr)
+    raise typer.Exit(int(code))
+
+
+def parsed(parse: Callable[[str], T]) -> Callable[[str | None], T | None]:
+    """A Typer option callback that turns jobctl's parse errors into typer.BadParameter."""
+
+    def callback(value: str | None) -> T | None:
+        if value is None:
+            return None
+        try:
+            return parse(value)
+        except JobctlError as e:
+            raise typer.BadParameter(str(e)) from None
+
+    return callback
+
+
+app = typer.Typer(
+    cls=JobctlGroup,
+    name="jobctl",
+    help="Queue shell commands durably and run them with a pool of workers.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"jobctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    store: Annotated[
+        str | None,
+        typer.Option("--store", metavar="PATH|URL", help="The store to use (else $JOBCTL_STORE, config `store`, the default)."),
+    ] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks for errors.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Queue shell commands durably and run them with a pool of workers.
+
+    Submit with `jobctl submit -- CMD`, run them with `jobctl worker`, watch with
+    `jobctl status`. Exit codes: 0 success, 1 the operation failed, 2 usage error;
+    `wait` and `submit --wait` exit with the job's own code (124 timed out, 127 command
+    not found, 125 cancelled or lost, 128+N killed by signal N).
+    """
+    ctx.obj = Session(store, debug)

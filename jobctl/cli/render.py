@@ -1,0 +1,151 @@
+"""Everything jobctl prints. Data to stdout, diagnostics to stderr; JSON never goes through rich,
+and user text (names, commands, labels) is never read as rich markup."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from jobctl.jobdir import job_dir
+from jobctl.model import Job, State, format_duration, format_size, iso, now, public_dict
+
+STATE_STYLE = {
+    State.QUEUED: "cyan",
+    State.WAITING: "blue",
+    State.RUNNING: "bold yellow",
+    State.COMPLETED: "green",
+    State.FAILED: "bold red",
+    State.CANCELLED: "magenta",
+}
+
+
+def out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
+def note(text: str) -> None:
+    sys.stderr.write(text + "\n")
+
+
+def ids(jobs: Sequence[Job]) -> None:
+    sys.stdout.write("".join(f"{j.id}\n" for j in jobs))
+
+
+def json_out(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+def jobs_json(jobs: Sequence[Job], root: Path) -> None:
+    at = now()
+    json_out([public_dict(j, str(job_dir(root, j.id)), at) for j in jobs])
+
+
+def ago(ts: float | None, at: float) -> str:
+    if ts is None:
+        return "-"
+    return f"{format_duration(max(0, int(at - ts)))} ago"
+
+
+def elapsed(job: Job, at: float) -> str:
+    if job.started_at is None:
+        return "-"
+    end = job.finished_at if job.finished_at is not None else at
+    return format_duration(max(0.0, round(end - job.started_at, 1)))
+
+
+def command_text(job: Job) -> str:
+    from jobctl.service import quote
+
+    return job.name or quote(job.command)
+
+
+def outcome_text(job: Job) -> str:
+    if job.state is State.COMPLETED:
+        return "exit 0"
+    if job.error:
+        return job.error
+    if job.state is State.RUNNING and job.cancel_requested:
+        return "cancelling"
+    return ""
+
+
+def jobs_table(jobs: Sequence[Job], *, color: bool, hidden: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    at = now()
+    console = Console(no_color=not color, highlight=False, soft_wrap=False)
+    rows = [
+        (str(j.id), j.state.value, j.queue, str(j.priority), command_text(j), ago(j.created_at, at),
+         elapsed(j, at), outcome_text(j))
+        for j in jobs
+    ]
+    headers = ("ID", "STATE", "QUEUE", "PRI", "COMMAND", "SUBMITTED", "TIME", "RESULT")
+    natural = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    natural[2] = min(natural[2], 12)
+    # Every column but COMMAND and RESULT keeps its natural width; those two share the rest.
+    rest = console.width - sum(natural[:4]) - sum(natural[5:7]) - 2 * (len(headers) - 1)
+    result_w = min(natural[7], max(6, rest - natural[4], rest * 2 // 5))
+    widths = natural[:4] + [max(10, min(natural[4], rest - result_w))] + natural[5:7] + [result_w]
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for header, width in zip(headers, widths, strict=True):
+        justify = "right" if header in ("ID", "PRI", "TIME") else "left"
+        table.add_column(header, justify=justify, no_wrap=True, overflow="ellipsis", width=width)
+    for job, row in zip(jobs, rows, strict=True):
+        table.add_row(
+            row[0], Text(row[1], style=STATE_STYLE[job.state]), *(Text(c) for c in row[2:])
+        )
+    if jobs:
+        console.print(table)
+    else:
+        console.print("no jobs")
+    if hidden:
+        console.print(Text(f"({hidden} older finished jobs not shown; --all or --limit N for more)", style="dim"))
+
+
+def job_detail(job: Job, root: Path) -> None:
+    """The full record of one job as `key: value` lines (never the environment)."""
+    d = public_dict(job, str(job_dir(root, job.id)), now())
+    lines = []
+    for key, value in d.items():
+        if key == "command":
+            value = command_text(job) if job.name is None else " ".join(job.command)
+        elif key == "usage" and job.usage is not None:
+            u = job.usage
+            value = (f"wall {format_duration(u.wall_s)}, user {u.cpu_user_s:.2f}s, sys {u.cpu_sys_s:.2f}s, "
+                     f"max RSS {format_size(u.max_rss_kb * 1024)}")
+        elif key == "progress":
+            p = job.progress
+            value = None if p.percent is None and p.message is None else f"{p.percent or 0:.0f}% {p.message or ''}".strip()
+        elif key == "worker" and job.worker is not None:
+            value = f"{job.worker.host} pid {job.worker.pid}"
+        elif isinstance(value, list):
+            value = ", ".join(str(v) for v in value) or None
+        lines.append(f"{key + ':':18} {'-' if value is None else value}")
+    jd = job_dir(root, job.id)
+    lines.append(f"{'stdout:':18} {jd / 'stdout.log'}")
+    lines.append(f"{'stderr:':18} {jd / 'stderr.log'}")
+    out("\n".join(lines))
+
+
+def cleanup_report(report: Any, *, as_json: bool, quiet: bool) -> None:
+    verb = "would remove" if report.dry_run else "removed"
+    if as_json:
+        json_out({
+            "dry_run": report.dry_run,
+            "removed": [{"id": j.id, "state": j.state.value, "finished_at": iso(j.finished_at),
+                         "bytes": report.sizes.get(j.id, 0)} for j in report.removed],
+            "count": len(report.removed),
+            "bytes_freed": report.bytes_freed,
+        })
+        return
+    if quiet:
+        return
+    for j in report.removed:
+        out(f"{verb} job {j.id} ({j.state.value}, finished {iso(j.finished_at)}, {format_size(report.sizes.get(j.id, 0))})")
+    out(f"{verb} {len(report.removed)} job(s), {format_size(report.bytes_freed)}")

@@ -1,0 +1,64 @@
+"""`jobctl status`: the table of jobs, or the full record of some."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from jobctl.cli import render
+from jobctl.cli.app import app, session
+from jobctl.errors import UsageError
+from jobctl.model import FINISHED, State
+
+RECENT_FINISHED = 20
+
+
+@app.command()
+def status(
+    ctx: typer.Context,
+    ids: Annotated[list[str] | None, typer.Argument(metavar="[ID]...", help="Show the full record of these jobs.", show_default=False)] = None,
+    state: Annotated[list[str] | None, typer.Option("--state", help="Only jobs in this state (repeatable).")] = None,
+    queue: Annotated[list[str] | None, typer.Option("--queue", help="Only jobs in this queue (repeatable).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print all matching jobs as a JSON array.")] = False,
+    all_: Annotated[bool, typer.Option("--all", help="Show every finished job, not only the latest 20.")] = False,
+    limit: Annotated[int | None, typer.Option(min=0, help="Show this many finished jobs.")] = None,
+    no_color: Annotated[bool, typer.Option("--no-color", help="No colours (also when NO_COLOR is set).")] = False,
+) -> None:
+    """Show jobs: every unfinished one and the 20 latest finished (newest last).
+
+    Examples: `jobctl status`; `jobctl status 42`; `jobctl status --state failed --json`.
+    """
+    from jobctl.service import parse_ids
+
+    s = session(ctx)
+    try:
+        states = [State(x) for x in state or []]
+    except ValueError:
+        raise UsageError(f"invalid --state (one of {', '.join(State)})") from None
+    store = s.store
+    if ids:
+        jobs = [store.get(i) for i in parse_ids(ids)]
+        if as_json:
+            render.jobs_json(jobs, store.root)
+        else:
+            for n, job in enumerate(jobs):
+                if n:
+                    render.out("")
+                render.job_detail(job, store.root)
+        return
+    jobs = store.list(states=states or None, queues=queue or None)
+    if as_json:
+        render.jobs_json(jobs, store.root)
+        return
+    hidden = 0
+    if not all_:
+        keep = RECENT_FINISHED if limit is None else limit
+        finished = [j for j in jobs if j.state in FINISHED]
+        dropped = {j.id for j in sorted(finished, key=lambda j: (j.finished_at or 0, j.id))[: max(0, len(finished) - keep)]}
+        hidden = len(dropped)
+        jobs = [j for j in jobs if j.id not in dropped]
+    color = not no_color and "NO_COLOR" not in os.environ and sys.stdout.isatty()
+    render.jobs_table(jobs, color=color, hidden=hidden)

@@ -1,0 +1,186 @@
+"""The TOML config file: where it is, which keys exist, and what their values mean.
+
+Precedence everywhere: command-line flag > environment variable > config file > default.
+Every key is optional; an unknown key or a bad value is refused with the key's name, both when
+`config set` writes it and when the file is read.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jobctl.errors import ConfigError, UsageError
+from jobctl.model import parse_duration, parse_size
+
+
+def _duration(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        raise UsageError("expected a duration such as 90s, 5m or 1h30m")
+    return float(v) if not isinstance(v, str) else parse_duration(v)
+
+
+def _size(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, str)):
+        raise UsageError("expected a size such as 512M or 20G")
+    return v if isinstance(v, int) else parse_size(v)
+
+
+def _int(minimum: int) -> Callable[[Any], int]:
+    def check(v: Any) -> int:
+        if isinstance(v, str) and re.fullmatch(r"-?\d+", v.strip()):
+            v = int(v)
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+            raise UsageError(f"expected a whole number of at least {minimum}")
+        return v
+
+    return check
+
+
+def _bool(v: Any) -> bool:
+    if isinstance(v, str) and v.lower() in ("true", "false"):
+        return v.lower() == "true"
+    if not isinstance(v, bool):
+        raise UsageError("expected true or false")
+    return v
+
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str) or not v:
+        raise UsageError("expected a non-empty string")
+    return v
+
+
+def _rate(v: Any) -> str:
+    if not isinstance(v, str) or not re.fullmatch(r"\d+/[smh]", v.strip()):
+        raise UsageError("expected a rate such as 30/m (per s, m or h)")
+    return v.strip()
+
+
+@dataclass(frozen=True)
+class Key:
+    parse: Callable[[Any], Any]
+    default: Any
+    # How `config set` stores the text it is given: durations and sizes stay text.
+    toml_type: type
+
+
+KEYS: dict[str, Key] = {
+    "store": Key(_str, None, str),
+    "output_root": Key(_str, None, str),
+    "kill_grace": Key(_duration, 10.0, str),
+    "lock_timeout": Key(_duration, 10.0, str),
+    "retry_max_delay": Key(_duration, 3600.0, str),
+    "max_lost": Key(_int(1), 3, int),
+    "max_queued": Key(_int(0), 0, int),
+    "cleanup_interval": Key(_duration, None, str),
+    "worker_timeout": Key(_duration, 30.0, str),
+    "defaults.concurrency": Key(_int(1), 2, int),
+    "defaults.timeout": Key(_duration, None, str),
+    "defaults.retries": Key(_int(0), 0, int),
+    "defaults.retry_delay": Key(_duration, 10.0, str),
+    "defaults.zip": Key(_bool, False, bool),
+    "cleanup.older_than": Key(_duration, 7 * 86400.0, str),
+    "cleanup.keep_failed": Key(_bool, False, bool),
+    "cleanup.max_total": Key(_size, None, str),
+    "hooks.on_finish": Key(_str, None, str),
+    "hooks.on_failure": Key(_str, None, str),
+    "hooks.timeout": Key(_duration, 30.0, str),
+}
+QUEUE_KEYS: dict[str, Key] = {
+    "concurrency": Key(_int(1), None, int),
+    "max_queued": Key(_int(0), 0, int),
+    "rate": Key(_rate, None, str),
+}
+_QUEUE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def config_path() -> Path:
+    env = os.environ.get("JOBCTL_CONFIG")
+    if env:
+        return Path(env)
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir("jobctl")) / "config.toml"
+
+
+def lookup_key(dotted: str) -> Key:
+    if dotted in KEYS:
+        return KEYS[dotted]
+    parts = dotted.split(".")
+    if len(parts) == 3 and parts[0] == "queues" and _QUEUE_NAME.fullmatch(parts[1]):
+        if parts[2] in QUEUE_KEYS:
+            return QUEUE_KEYS[parts[2]]
+    raise ConfigError(f"unknown config key {dotted!r}")
+
+
+def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for k, v in table.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            flat.update(_flatten(v, name + "."))
+        else:
+            flat[name] = v
+    return flat
+
+
+class Config:
+    """The parsed config file. Reading it validates every key, so a bad file fails early."""
+
+    def __init__(self, raw: dict[str, Any], path: Path) -> None:
+        self.path = path
+        self.raw = raw
+        self.values: dict[str, Any] = {}
+        for name, value in _flatten(raw).items():
+            key = lookup_key(name)
+            try:
+                self.values[name] = key.parse(value)
+            except UsageError as e:
+                raise ConfigError(f"{path}: {name}: {e}") from None
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> Config:
+        path = path or config_path()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return cls({}, path)
+        except OSError as e:
+            raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+        try:
+            return cls(tomllib.loads(text), path)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+
+    def get(self, dotted: str) -> Any:
+        key = lookup_key(dotted)
+        return self.values.get(dotted, key.default)
+
+    def queue_setting(self, queue: str, name: str) -> Any:
+        return self.get(f"queues.{queue}.{name}")
+
+    def with_value(self, dotted: str, text: str) -> dict[str, Any]:
+        """The raw TOML table with `dotted` set from command-line text; validates first."""
+        key = lookup_key(dotted)
+        try:
+            parsed = key.parse(text)
+        except UsageError as e:
+            raise ConfigError(f"{dotted}: {e}") from None
+        value: Any = text if key.toml_type is str else parsed
+        raw = _deep_copy(self.raw)
+        table = raw
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            table = table.setdefault(p, {})
+        table[leaf] = value
+        return raw
+
+
+def _deep_copy(table: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in table.items()}

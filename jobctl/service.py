@@ -1,0 +1,327 @@
+"""What the commands do, apart from parsing and printing: the library under the CLI.
+
+Every function takes the store and plain values and returns data; none prints. Validation
+happens before the first change, so bad input changes nothing.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import selectors
+import shlex
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from jobctl import jobdir, supervisor
+from jobctl.errors import Conflict, JobctlError, UsageError
+from jobctl.model import FINISHED, UNFINISHED, Job, State, iso, now, parse_job_id, transition, wait_code
+from jobctl.store.base import Guarded, JobSpec, Store
+
+# Variables that describe the job jobctl is running in; a job submitted from inside a job
+# must not inherit them (the worker sets its own).
+_JOB_VARS = ("JOBCTL_JOB_ID", "JOBCTL_ATTEMPT", "JOBCTL_OUTPUT_DIR")
+
+
+def capture_env(extra: Sequence[str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _JOB_VARS}
+    for item in extra:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not (key[0].isalpha() or key[0] == "_") or not key.replace("_", "").isalnum():
+            raise UsageError(f"invalid --env {item!r} (expected NAME=VALUE)")
+        env[key] = value
+    return env
+
+
+def submitter() -> dict[str, Any]:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return {"user": user, "host": socket.gethostname(), "pid": os.getpid()}
+
+
+def resolve_cwd(cwd: str | None) -> str:
+    path = Path(cwd).expanduser() if cwd else Path.cwd()
+    if not path.is_dir():
+        raise UsageError(f"--cwd {cwd}: no such directory")
+    return str(path.absolute())
+
+
+def commands_from(lines: Iterable[str]) -> list[tuple[str, ...]]:
+    """One job per non-blank line that is not a # comment, run by /bin/sh -c."""
+    out = []
+    for line in lines:
+        text = line.strip()
+        if text and not text.startswith("#"):
+            out.append(("/bin/sh", "-c", text))
+    return out
+
+
+def validate_command(command: Sequence[str]) -> tuple[str, ...]:
+    if not command or not command[0]:
+        raise UsageError("missing command (usage: jobctl submit [OPTIONS] -- COMMAND [ARGS]...)")
+    return tuple(command)
+
+
+def submit(store: Store, specs: Sequence[JobSpec]) -> list[Job]:
+    if not specs:
+        raise UsageError("nothing to submit")
+    return store.submit(specs, at=now())
+
+
+# --- cancel ---------------------------------------------------------------------------------
+
+
+@dataclass
+class CancelOutcome:
+    cancelled: list[int] = field(default_factory=list)
+    stopped: list[int] = field(default_factory=list)
+    still_stopping: list[int] = field(default_factory=list)
+    finished: list[Job] = field(default_factory=list)
+
+
+def cancel(
+    store: Store,
+    ids: Sequence[int],
+    *,
+    all_jobs: bool = False,
+    queue: str | None = None,
+    grace_s: float = 10.0,
+) -> CancelOutcome:
+    """Cancel queued and waiting jobs at once; ask running ones to stop and wait until they have.
+
+    A running job's supervisor gets SIGTERM (it stops the job's process group, SIGKILL after
+    the grace period); its worker records `cancelled`. Returns once every job is finished or
+    the grace period plus two seconds have passed.
+    """
+    if all_jobs:
+        targets = store.list(states=UNFINISHED, queues=None if queue is None else [queue])
+    else:
+        targets = [store.get(i) for i in ids]  # NotFound before any change
+    out = CancelOutcome()
+    stopping: list[Job] = []
+    for job in targets:
+        for _ in range(10):
+            try:
+                if job.finished:
+                    out.finished.append(job)
+                elif job.state is State.RUNNING:
+                    if not job.cancel_requested:
+                        [job] = store.update([Guarded(_with(job, cancel_requested=True), State.RUNNING, job.attempt)])
+                    supervisor.signal_running(jobdir.job_dir(store.root, job.id), job.attempt, signal.SIGTERM)
+                    stopping.append(job)
+                else:
+                    new = transition(job, State.CANCELLED, at=now(), reason="cancelled", error="cancelled")
+                    store.update([Guarded(new, job.state, job.attempt)])
+                    out.cancelled.append(job.id)
+                break
+            except Conflict:
+                job = store.get(job.id)
+    if stopping:
+        store.notify_workers()
+        deadline = time.monotonic() + grace_s + 2
+        pending = {j.id for j in stopping}
+        while pending and time.monotonic() < deadline:
+            for job_id in list(pending):
+                job = store.get(job_id)
+                if job.finished:
+                    pending.discard(job_id)
+                    if job.state is State.CANCELLED:
+                        out.stopped.append(job_id)
+                    else:
+                        out.finished.append(job)
+            if pending:
+                time.sleep(0.05)
+        out.still_stopping = sorted(pending)
+    return out
+
+
+def _with(job: Job, **changes: Any) -> Job:
+    return replace(job, **changes)
+
+
+# --- wait -----------------------------------------------------------------------------------
+
+
+def wait(store: Store, ids: Sequence[int], *, timeout_s: float | None = None) -> tuple[int, list[Job]]:
+    """Block until every job is finished; returns (exit code of the SPEC, the jobs).
+
+    Wakes when a worker records a result (the store's notification), with a polling fallback
+    that backs off like `poll_after_s`.
+    """
+    jobs = {i: store.get(i) for i in ids}
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    waker = None
+    sel = None
+    try:
+        while True:
+            jobs = {i: (j if j.finished else store.get(i)) for i, j in jobs.items()}
+            if all(j.finished for j in jobs.values()):
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                raise JobctlError(f"timed out waiting for job(s) {', '.join(str(i) for i, j in jobs.items() if not j.finished)}")
+            if waker is None:
+                waker = store.listen(f"wait-{os.getpid()}")
+                sel = selectors.DefaultSelector()
+                sel.register(waker.fileno(), selectors.EVENT_READ)
+                continue  # look again: a result may have landed before we listened
+            assert sel is not None
+            oldest = min(j.created_at for j in jobs.values() if not j.finished)
+            pause = min(5.0, max(0.2, (now() - oldest) / 10))
+            if sel.select(pause):
+                waker.drain()
+    finally:
+        if sel is not None:
+            sel.close()
+        if waker is not None:
+            waker.close()
+    codes = [wait_code(jobs[i]) for i in ids]
+    return next((c for c in codes if c), 0), [jobs[i] for i in ids]
+
+
+# --- logs -----------------------------------------------------------------------------------
+
+
+def follow_log(store: Store, job_id: int, stream: str, emit: Callable[[bytes], None], *, tail: int | None) -> None:
+    """Write the log to `emit`, then keep writing what the job adds until it finishes."""
+    job = store.get(job_id)
+    path = jobdir.log_path(store.root, job_id, stream)
+    f = None
+    try:
+        while True:
+            if f is None:
+                try:
+                    f = open(path, "rb")
+                    if tail is not None:
+                        emit(last_lines(f, tail))
+                except FileNotFoundError:
+                    pass
+            if f is not None:
+                while chunk := f.read(1 << 16):
+                    emit(chunk)
+            if job.finished:
+                return
+            time.sleep(0.1)
+            job = store.get(job_id)
+    finally:
+        if f is not None:
+            f.close()
+
+
+def read_log(store: Store, job_id: int, stream: str, *, tail: int | None) -> bytes:
+    store.get(job_id)
+    path = jobdir.log_path(store.root, job_id, stream)
+    try:
+        with open(path, "rb") as f:
+            return last_lines(f, tail) if tail is not None else f.read()
+    except FileNotFoundError:
+        return b""
+
+
+def last_lines(f: Any, n: int) -> bytes:
+    """The last n lines of an open binary file, reading from the end in blocks."""
+    end = f.seek(0, os.SEEK_END)
+    pos, data = end, b""
+    while pos > 0 and data.count(b"\n") <= n:
+        step = min(pos, 1 << 16)
+        pos -= step
+        f.seek(pos)
+        data = f.read(step) + data
+    lines = data.splitlines(keepends=True)[-n:] if n else []
+    f.seek(end)
+    return b"".join(lines)
+
+
+# --- package --------------------------------------------------------------------------------
+
+
+def package(
+    store: Store, job_id: int, *, include: Sequence[str], exclude: Sequence[str], logs: bool, dest: Path | None
+) -> Path:
+    job = store.get(job_id)
+    jd = jobdir.job_dir(store.root, job_id)
+    if not jd.is_dir() or jd.is_symlink():
+        raise JobctlError(f"job {job_id} has no job directory yet (it has not started)")
+    path = jobdir.package(job, jd, include=include, exclude=exclude, logs=logs, dest=dest)
+    if dest is None and job.zip_path != str(path):
+        try:
+            store.update([Guarded(_with(job, zip_path=str(path)), job.state, job.attempt)])
+        except Conflict:
+            pass  # the job moved on meanwhile; the zip is there all the same
+    return path
+
+
+# --- cleanup --------------------------------------------------------------------------------
+
+
+@dataclass
+class CleanupReport:
+    removed: list[Job]
+    bytes_freed: int
+    dry_run: bool
+    sizes: dict[int, int]
+
+
+def cleanup(
+    store: Store,
+    *,
+    older_than_s: float,
+    states: Sequence[State] | None = None,
+    keep_failed: bool = False,
+    max_total: int | None = None,
+    dry_run: bool = False,
+) -> CleanupReport:
+    """Remove finished jobs older than the threshold (and the oldest finished beyond
+    `max_total`): records first, then their directories. Never an unfinished job."""
+    wanted = FINISHED if not states else FINISHED & set(states)
+    if keep_failed:
+        wanted = wanted - {State.FAILED}
+    at = now()
+    finished = sorted(store.list(states=wanted), key=lambda j: (j.finished_at or 0, j.id))
+    victims = [j for j in finished if (j.finished_at or 0) <= at - older_than_s]
+    sizes = {j.id: jobdir.size(jobdir.job_dir(store.root, j.id)) for j in finished}
+    if max_total is not None:
+        chosen = {j.id for j in victims}
+        kept = sum(jobdir.size(p) for p in _job_dirs(store.root)) - sum(sizes[i] for i in chosen)
+        for job in finished:
+            if kept <= max_total:
+                break
+            if job.id not in chosen:
+                victims.append(job)
+                chosen.add(job.id)
+                kept -= sizes[job.id]
+    if dry_run:
+        return CleanupReport(victims, sum(sizes[j.id] for j in victims), True, sizes)
+    removed = store.delete(victims)
+    for job in removed:
+        jobdir.remove(store.root, job.id)
+    if removed:
+        prune = getattr(store, "prune", None)
+        if prune is not None:
+            prune()
+        store.append_history([{"at": iso(at), "job": j.id, "event": "cleaned up"} for j in removed])
+    return CleanupReport(removed, sum(sizes[j.id] for j in removed), False, sizes)
+
+
+def _job_dirs(root: Path) -> list[Path]:
+    try:
+        return [Path(e.path) for e in os.scandir(root / "jobs") if e.name.isdigit()]
+    except FileNotFoundError:
+        return []
+
+
+def parse_ids(texts: Sequence[str]) -> list[int]:
+    return [parse_job_id(t) for t in texts]
+
+
+def quote(command: Sequence[str]) -> str:
+    if len(command) == 3 and command[:2] == ("/bin/sh", "-c"):
+        return command[2]
+    return shlex.join(command)
+

@@ -1,0 +1,114 @@
+"""The storage contract every backend implements (JSON files now, PostgreSQL later).
+
+The service layer and the worker only ever talk to a `Store`. Every method is atomic as its
+docstring says; a method that raises has changed nothing. Guarded updates (`update`, `delete`)
+carry the state and attempt the caller last saw, so a caller that lost a race gets `Conflict`
+instead of overwriting somebody else's change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from jobctl.model import Job, State, WorkerRef
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything `submit` knows about a job before the store gives it an id."""
+
+    command: tuple[str, ...]
+    cwd: str
+    env: dict[str, str]
+    name: str | None = None
+    queue: str = "default"
+    priority: int = 0
+    max_retries: int = 0
+    timeout_s: float | None = None
+    depends_on: tuple[int, ...] = ()
+    labels: tuple[str, ...] = ()
+    cpus: int = 1
+    zip: bool = False
+    submitter: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Guarded:
+    """A new version of a job, written only if the stored one still has this state and attempt."""
+
+    job: Job
+    expect_state: State
+    expect_attempt: int
+
+
+class Waker(Protocol):
+    def fileno(self) -> int: ...
+
+    def drain(self) -> None:
+        """Consume pending wake-ups so the descriptor is not readable until the next one."""
+
+    def close(self) -> None: ...
+
+
+class Store(Protocol):
+    root: Path
+    """The directory holding `jobs/<id>/` job directories."""
+
+    location: str
+    """What the user passes as --store to reach this store (a path or a URL)."""
+
+    def submit(self, specs: Sequence[JobSpec], *, at: float) -> list[Job]:
+        """Allocate ids and store the jobs, all or none, durably before returning."""
+
+    def get(self, job_id: int) -> Job:
+        """The job's current record; raises NotFound."""
+
+    def list(
+        self,
+        *,
+        states: Collection[State] | None = None,
+        queues: Collection[str] | None = None,
+    ) -> list[Job]:
+        """Jobs matching the filters, in id order: a consistent snapshot, never a torn mix."""
+
+    def env(self, job: Job) -> dict[str, str]:
+        """The environment captured when `job` was submitted."""
+
+    def claim(
+        self,
+        worker: WorkerRef,
+        *,
+        queues: Collection[str] | None,
+        free_slots: int,
+        total_slots: int,
+        at: float,
+    ) -> list[Job]:
+        """Atomically move the next runnable jobs that fit `free_slots` to `running` for `worker`.
+
+        Each returned job has its attempt counted. No two callers ever get the same job attempt.
+        """
+
+    def update(self, changes: Sequence[Guarded]) -> list[Job]:
+        """Write each new version if the stored job still has the expected state and attempt.
+
+        All or none: if any guard fails, raises Conflict and writes nothing.
+        """
+
+    def delete(self, jobs: Sequence[Job]) -> list[Job]:
+        """Remove the records of finished jobs that are still as given (same state, attempt).
+
+        Returns the ones removed; a job that changed meanwhile (a retry) is skipped. Atomic per
+        job; the job directories are the caller's to remove afterwards.
+        """
+
+    def append_history(self, events: Sequence[dict[str, Any]]) -> None:
+        """Add events to the audit trail (append-only)."""
+
+    def notify_workers(self) -> None:
+        """Wake idle workers now (a hint: workers also poll slowly)."""
+
+    def listen(self, name: str) -> Waker:
+        """A descriptor that becomes readable when `notify_workers` is called."""

@@ -1,0 +1,472 @@
+"""The JSON store: files under one directory, guarded by one lock file.
+
+Layout of `<root>` (see docs/architecture.md for why):
+
+    store.json          marker: {"format": "jobctl-store", "schema": 1}
+    lock                flock'ed by every writer; never replaced, never deleted
+    state.json          the hot state: next id, every unfinished job, a few recently finished
+    done/<n>.jsonl      finished jobs with ids in [n*10000, (n+1)*10000), append-only lines
+    env/<sha256>.json   captured environments, content-addressed (many jobs share one)
+    history.jsonl       the audit trail, append-only lines
+    jobs/<id>/          job directories (logs, out/, output.zip)
+    wake/               FIFOs of idle workers
+
+Every record line is `JSON<TAB>crc32-hex`, so damage anywhere is detected, not parsed as data.
+`state.json` is one such line, replaced atomically (temp, fsync, rename, fsync dir). Finished
+jobs move from `state.json` to their `done/` shard in batches of FLUSH_AT, so a change costs
+the same whether the store holds ten jobs or a million. A job present in `state.json` is
+always current there; among `done/` lines of one job, the highest `_v` wins.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import socket
+import time
+import zlib
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jobctl import fsutil
+from jobctl.errors import Conflict, NotFound, StoreDamaged, StoreError, StoreLocked
+from jobctl.model import FINISHED, Job, State, WorkerRef, iso, transition
+from jobctl.scheduler import pick
+from jobctl.store import wake
+from jobctl.store.base import Guarded, JobSpec
+
+SCHEMA = 1
+FORMAT = "jobctl-store"
+FLUSH_AT = 64
+SHARD_SIZE = 10_000
+_CREATED_BY_INIT = {"lock", "store.json", "state.json", "done", "env", "jobs", "wake"}
+
+
+def encode_line(obj: Any) -> bytes:
+    body = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    return b"%s\t%08x\n" % (body, zlib.crc32(body))
+
+
+def decode_line(line: bytes) -> Any:
+    """Parse one `JSON<TAB>crc` line; raises ValueError when it is damaged."""
+    tab = line.rfind(b"\t")
+    if tab < 0 or len(line) - tab != 9:
+        raise ValueError("no checksum")
+    body = line[:tab]
+    if b"%08x" % zlib.crc32(body) != line[tab + 1 :]:
+        raise ValueError("checksum mismatch")
+    return json.loads(body)
+
+
+@dataclass
+class _Hot:
+    next_id: int
+    records: dict[int, dict[str, Any]]
+    events: list[dict[str, Any]] = field(default_factory=list)
+    dirty: bool = False
+
+    def put(self, job: Job, version: int) -> None:
+        rec = job.to_record()
+        rec["_v"] = version
+        self.records[job.id] = rec
+        self.dirty = True
+
+
+class JsonStore:
+    def __init__(self, root: Path, *, lock_timeout: float = 10.0) -> None:
+        self.root = root
+        self.location = str(root)
+        self.lock_timeout = lock_timeout
+        self._state = root / "state.json"
+        self._done = root / "done"
+        self._env = root / "env"
+        self._open()
+
+    # --- opening and locking -----------------------------------------------------------
+
+    def _open(self) -> None:
+        root = self.root
+        try:
+            st = root.stat()
+        except FileNotFoundError:
+            fsutil.private_dir(root)
+            st = root.stat()
+        except OSError as e:
+            raise StoreError(f"cannot open store {root}: {e.strerror}") from None
+        if not root.is_dir():
+            raise StoreError(f"{root} is not a jobctl store (not a directory)")
+        if st.st_uid != os.geteuid():
+            raise StoreError(f"store {root} belongs to another user (uid {st.st_uid}); refusing to use it")
+        marker = root / "store.json"
+        if marker.exists():
+            self._check_marker(marker)
+            return
+        if not set(os.listdir(root)) <= _CREATED_BY_INIT:
+            raise StoreError(f"{root} is not a jobctl store (no store.json) and is not empty")
+        with self._lock():
+            if marker.exists():
+                return
+            if st.st_mode & 0o777 != fsutil.DIR_MODE:
+                os.chmod(root, fsutil.DIR_MODE)
+            for d in ("done", "env", "jobs"):
+                fsutil.private_dir(root / d)
+            if not self._state.exists():
+                fsutil.atomic_write(self._state, encode_line({"schema": SCHEMA, "next_id": 1, "jobs": []}))
+            fsutil.atomic_write(marker, json.dumps({"format": FORMAT, "schema": SCHEMA}).encode() + b"\n")
+
+    def _check_marker(self, marker: Path) -> None:
+        try:
+            meta = json.loads(marker.read_bytes())
+            fmt, schema = meta["format"], meta["schema"]
+        except (ValueError, KeyError, TypeError):
+            raise StoreDamaged(f"{marker} is damaged; jobctl will not change it") from None
+        if fmt != FORMAT:
+            raise StoreError(f"{self.root} is not a jobctl store ({marker} says {fmt!r})")
+        if schema > SCHEMA:
+            raise StoreError(f"store {self.root} has schema {schema}; this jobctl reads up to {SCHEMA}")
+
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
+        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, fsutil.FILE_MODE)
+        try:
+            deadline = time.monotonic() + self.lock_timeout
+            delay = 0.001
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise StoreLocked(
+                            f"store {self.root} is locked by {_lock_holder(fd)} "
+                            f"for more than {self.lock_timeout:g}s"
+                        ) from None
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.05)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[_Hot]:
+        with self._lock():
+            hot = self._read_hot()
+            yield hot
+            if hot.dirty:
+                self._commit(hot)
+
+    # --- reading -------------------------------------------------------------------------
+
+    def _damaged(self, path: Path, why: str) -> StoreDamaged:
+        return StoreDamaged(
+            f"{path} is damaged ({why}); jobctl will not change it: restore it from a backup "
+            "or move the store aside (see `jobctl --help`, FILES)"
+        )
+
+    def _read_hot(self) -> _Hot:
+        try:
+            data = self._state.read_bytes()
+        except FileNotFoundError:
+            raise self._damaged(self._state, "missing") from None
+        try:
+            state = decode_line(data.rstrip(b"\n"))
+            if state["schema"] > SCHEMA:
+                raise StoreError(f"store {self.root} has schema {state['schema']}; this jobctl reads up to {SCHEMA}")
+            return _Hot(state["next_id"], {r["id"]: r for r in state["jobs"]})
+        except (ValueError, KeyError, TypeError) as e:
+            raise self._damaged(self._state, str(e)) from None
+
+    def _shard_path(self, n: int) -> Path:
+        return self._done / f"{n}.jsonl"
+
+    def _shards(self) -> list[int]:
+        return sorted(int(p.name[:-6]) for p in os.scandir(self._done) if p.name.endswith(".jsonl"))
+
+    def _read_shard(self, n: int, only: int | None = None) -> dict[int, dict[str, Any]]:
+        """The newest record of each job in shard n (or of job `only`). A torn last line is skipped."""
+        path = self._shard_path(n)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return {}
+        lines = data.split(b"\n")
+        last = len(lines) - 1
+        prefix = None if only is None else b'{"id":%d,' % only
+        out: dict[int, dict[str, Any]] = {}
+        for i, line in enumerate(lines):
+            if prefix is not None and not line.startswith(prefix):
+                continue
+            if not line:
+                continue
+            try:
+                rec = decode_line(line)
+            except ValueError as e:
+                if i == last:
+                    continue  # torn tail of an interrupted append; the data is still in state.json
+                raise self._damaged(path, f"line {i + 1}: {e}") from None
+            old = out.get(rec["id"])
+            if old is None or rec["_v"] >= old["_v"]:
+                out[rec["id"]] = rec
+        return out
+
+    def _current(self, hot: _Hot, job_id: int) -> dict[str, Any] | None:
+        rec = hot.records.get(job_id)
+        if rec is None:
+            rec = self._read_shard(job_id // SHARD_SIZE, only=job_id).get(job_id)
+        return rec
+
+    def get(self, job_id: int) -> Job:
+        rec = self._current(self._read_hot(), job_id)
+        if rec is None:
+            raise NotFound(f"no job {job_id}")
+        return Job.from_record(rec)
+
+    def list(
+        self,
+        *,
+        states: Collection[State] | None = None,
+        queues: Collection[str] | None = None,
+    ) -> list[Job]:
+        hot = self._read_hot()  # first: a flush after this read only moves jobs we already have
+        records = dict(hot.records)
+        if states is None or not FINISHED.isdisjoint(states):
+            for n in self._shards():
+                for job_id, rec in self._read_shard(n).items():
+                    records.setdefault(job_id, rec)
+        wanted_states = None if states is None else {s.value for s in states}
+        return [
+            Job.from_record(rec)
+            for _, rec in sorted(records.items())
+            if (wanted_states is None or rec["state"] in wanted_states)
+            and (queues is None or rec["queue"] in queues)
+        ]
+
+    def env(self, job: Job) -> dict[str, str]:
+        path = self._env / f"{job.env_ref}.json"
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise self._damaged(path, "missing") from None
+        if hashlib.sha256(data).hexdigest()[:32] != job.env_ref:
+            raise self._damaged(path, "checksum mismatch")
+        env: dict[str, str] = json.loads(data)
+        return env
+
+    # --- writing -------------------------------------------------------------------------
+
+    def _commit(self, hot: _Hot) -> None:
+        finished = [r for r in hot.records.values() if r["state"] in _FINISHED_VALUES]
+        if len(finished) > FLUSH_AT:
+            by_shard: dict[int, list[dict[str, Any]]] = {}
+            for rec in finished:
+                by_shard.setdefault(rec["id"] // SHARD_SIZE, []).append(rec)
+            for n, recs in by_shard.items():
+                path = self._shard_path(n)
+                _cut_torn_tail(path)
+                fsutil.append_durable(path, b"".join(encode_line(r) for r in recs))
+            for rec in finished:
+                del hot.records[rec["id"]]
+        state = {"schema": SCHEMA, "next_id": hot.next_id, "jobs": list(hot.records.values())}
+        fsutil.atomic_write(self._state, encode_line(state))
+        if hot.events:
+            self._append_events(hot.events)
+
+    def _append_events(self, events: Sequence[dict[str, Any]]) -> None:
+        """The audit trail is written after the state it describes, without fsync: a power cut
+        may lose its last lines, never a job."""
+        path = self.root / "history.jsonl"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, fsutil.FILE_MODE)
+        try:
+            fsutil.write_all(fd, b"".join(encode_line(e) for e in events))
+        finally:
+            os.close(fd)
+
+    def _save_env(self, env: dict[str, str]) -> str:
+        data = json.dumps(env, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        ref = hashlib.sha256(data).hexdigest()[:32]
+        path = self._env / f"{ref}.json"
+        if not path.exists():
+            fsutil.atomic_write(path, data)
+        return ref
+
+    def submit(self, specs: Sequence[JobSpec], *, at: float) -> list[Job]:
+        refs: dict[int, str] = {}
+        env_refs: list[str] = []
+        for spec in specs:
+            key = id(spec.env)
+            if key not in refs:
+                refs[key] = self._save_env(spec.env)
+            env_refs.append(refs[key])
+        jobs = []
+        with self._transaction() as hot:
+            for spec, ref in zip(specs, env_refs, strict=True):
+                job = Job(
+                    id=hot.next_id, command=spec.command, cwd=spec.cwd, created_at=at, env_ref=ref,
+                    name=spec.name, queue=spec.queue, priority=spec.priority,
+                    max_retries=spec.max_retries, timeout_s=spec.timeout_s,
+                    depends_on=spec.depends_on, labels=spec.labels, cpus=spec.cpus, zip=spec.zip,
+                    submitter=spec.submitter,
+                )
+                hot.next_id += 1
+                hot.put(job, 1)
+                hot.events.append({"at": iso(at), "job": job.id, "event": "submitted", **spec.submitter})
+                jobs.append(job)
+        self.notify_workers()
+        return jobs
+
+    def claim(
+        self,
+        worker: WorkerRef,
+        *,
+        queues: Collection[str] | None,
+        free_slots: int,
+        total_slots: int,
+        at: float,
+    ) -> list[Job]:
+        with self._transaction() as hot:
+            candidates = [
+                Job.from_record(r)
+                for r in hot.records.values()
+                if r["state"] == "queued" and (queues is None or r["queue"] in queues)
+            ]
+            claimed = []
+            for job in pick(candidates, free_slots=free_slots, total_slots=total_slots):
+                new = transition(job, State.RUNNING, at=at, worker=worker, attempt=job.attempt + 1)
+                hot.put(new, hot.records[job.id]["_v"] + 1)
+                hot.events.append({
+                    "at": iso(at), "job": job.id, "event": "started", "attempt": new.attempt,
+                    "worker": f"{worker.host}:{worker.pid}",
+                })
+                claimed.append(new)
+            return claimed
+
+    def update(self, changes: Sequence[Guarded]) -> list[Job]:
+        with self._transaction() as hot:
+            staged = []
+            for change in changes:
+                cur = self._current(hot, change.job.id)
+                if cur is None:
+                    raise NotFound(f"no job {change.job.id}")
+                if cur["state"] != change.expect_state.value or cur["attempt"] != change.expect_attempt:
+                    raise Conflict(
+                        f"job {change.job.id} is {cur['state']} (attempt {cur['attempt']}), "
+                        f"not {change.expect_state.value} (attempt {change.expect_attempt})"
+                    )
+                staged.append((change.job, cur["_v"] + 1))
+            for job, version in staged:
+                hot.put(job, version)
+            return [job for job, _ in staged]
+
+    def delete(self, jobs: Sequence[Job]) -> list[Job]:
+        with self._transaction() as hot:
+            doomed: dict[int, Job] = {}
+            for job in jobs:
+                cur = self._current(hot, job.id)
+                if (
+                    cur is not None
+                    and cur["state"] == job.state.value
+                    and cur["attempt"] == job.attempt
+                    and job.state in FINISHED
+                ):
+                    doomed[job.id] = job
+            for n in sorted({i // SHARD_SIZE for i in doomed}):
+                self._rewrite_shard(n, drop=doomed.keys())
+            for job_id in doomed:
+                if hot.records.pop(job_id, None) is not None:
+                    hot.dirty = True
+            return list(doomed.values())
+
+    def _rewrite_shard(self, n: int, drop: Collection[int]) -> None:
+        path = self._shard_path(n)
+        if not path.exists():
+            return
+        keep = [r for job_id, r in sorted(self._read_shard(n).items()) if job_id not in drop]
+        if keep:
+            fsutil.atomic_write(path, b"".join(encode_line(r) for r in keep))
+        else:
+            path.unlink()
+            fsutil.fsync_dir(self._done)
+
+    def prune(self) -> int:
+        """Remove captured environments no stored job refers to; returns how many."""
+        with self._lock():
+            used = {job.env_ref for job in self.list()}
+            removed = 0
+            for entry in os.scandir(self._env):
+                if entry.name.endswith(".json") and entry.name[:-5] not in used:
+                    os.unlink(entry.path)
+                    removed += 1
+            return removed
+
+    def append_history(self, events: Sequence[dict[str, Any]]) -> None:
+        with self._lock():
+            self._append_events(events)
+
+    def history(self) -> list[dict[str, Any]]:
+        path = self.root / "history.jsonl"
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in data.split(b"\n"):
+            try:
+                out.append(decode_line(line))
+            except ValueError:
+                continue  # the audit trail is best effort; a torn line is not data
+        return out
+
+    def notify_workers(self) -> None:
+        wake.notify(self.root / "wake")
+
+    def listen(self, name: str) -> wake.FifoWaker:
+        return wake.FifoWaker(self.root / "wake", name)
+
+
+_FINISHED_VALUES = frozenset(s.value for s in FINISHED)
+
+
+def _cut_torn_tail(path: Path) -> None:
+    """Drop an incomplete last line left by a crash during an append (its data is in state.json)."""
+    try:
+        with open(path, "rb+") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            f.seek(size - 1)
+            if f.read(1) == b"\n":
+                return
+            f.seek(0)
+            f.truncate(f.read().rfind(b"\n") + 1)
+            f.flush()
+            os.fsync(f.fileno())
+    except FileNotFoundError:
+        pass
+
+
+def _lock_holder(fd: int) -> str:
+    """Who holds the flock on `fd`'s file, from /proc/locks (Linux); 'another process' elsewhere."""
+    st = os.fstat(fd)
+    want = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks") as f:
+            for line in f:
+                parts = line.split()
+                if "FLOCK" in parts and "->" not in parts and len(parts) > 5 and parts[5] == want:
+                    pid = parts[4]
+                    try:
+                        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+                    except OSError:
+                        cmd = "?"
+                    return f"pid {pid} ({cmd[:80]}) on {socket.gethostname()}"
+    except OSError:
+        pass
+    return "another process"

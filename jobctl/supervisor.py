@@ -1,0 +1,252 @@
+"""The small parent each job runs under, so that no worker has to be the job's parent.
+
+The worker forks a supervisor per job (a fork, not a new interpreter: cheap). The supervisor
+starts its own session, starts the job in another new session (its process group is the job's
+pid), waits for it with `wait4`, and writes the outcome to `<job dir>/result.json`. If the
+worker dies meanwhile, the supervisor and the job carry on, and whichever worker looks next
+reads the result: a worker crash costs no work.
+
+It is also the one place that stops a job: SIGTERM to the supervisor means "cancel", SIGUSR2
+"hand back to the queue"; either way the job's process group gets SIGTERM, then SIGKILL after
+the grace period, and any process left in the group is killed once the job's leader is gone.
+The timeout is enforced here too, by the parent, never by a signal inside the job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jobctl import fsutil
+from jobctl.model import Job, Usage, format_duration, now
+
+RUN_FILE = "run.json"
+RESULT_FILE = "result.json"
+STOP_SIGNALS = {signal.SIGTERM: "cancel", signal.SIGUSR2: "requeue"}
+
+
+@dataclass(frozen=True)
+class Launch:
+    job: Job
+    env: dict[str, str]
+    job_dir: Path
+    grace_s: float
+    store: str
+
+
+def start(launch: Launch) -> int:
+    """Fork the supervisor of one job and return its pid. Call without holding any lock."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 0
+    try:
+        os.setsid()
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        os.closerange(3, _max_fd())  # the worker's lock files, FIFOs and pidfds are not ours
+        _supervise(launch)
+    except BaseException:
+        code = 70
+        try:
+            with open(launch.job_dir / "supervisor.log", "a") as f:
+                traceback.print_exc(file=f)
+        except OSError:
+            pass
+    finally:
+        os._exit(code)
+
+
+def _max_fd() -> int:
+    try:
+        return max(int(n) for n in os.listdir("/proc/self/fd")) + 1
+    except (OSError, ValueError):
+        return os.sysconf("SC_OPEN_MAX")
+
+
+def _supervise(launch: Launch) -> None:
+    jd = launch.job_dir
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+    requested: list[str] = []
+    for sig, why in STOP_SIGNALS.items():
+        signal.signal(sig, lambda _s, _f, why=why: requested.append(why))
+
+    out_dir = jd / "out"
+    out_dir.mkdir(mode=0o700, exist_ok=True)
+    job = launch.job
+    env = dict(launch.env)
+    env.update(
+        JOBCTL_JOB_ID=str(job.id),
+        JOBCTL_ATTEMPT=str(job.attempt),
+        JOBCTL_OUTPUT_DIR=str(out_dir),
+        JOBCTL_STORE=launch.store,
+    )
+    started = now()
+    result: dict[str, Any] = {
+        "attempt": job.attempt, "started_at": started, "exit_code": None, "signal": None,
+        "error": None, "reason": None,
+    }
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+    with open(os.open(jd / "stdout.log", flags, 0o600), "wb") as out, open(
+        os.open(jd / "stderr.log", flags, 0o600), "wb"
+    ) as err:
+        try:
+            proc = subprocess.Popen(
+                job.command, cwd=job.cwd, env=env, stdin=subprocess.DEVNULL,
+                stdout=out, stderr=err, start_new_session=True, close_fds=True,
+            )
+        except OSError as e:
+            result.update(_start_failure(e, job))
+            proc = None
+    if proc is not None:
+        _record_run(jd, proc.pid, job.attempt)
+        result.update(_watch(proc, launch, wake_r, requested))
+    result["finished_at"] = now()
+    if "usage" in result:
+        result["usage"]["wall_s"] = round(result["finished_at"] - started, 3)
+    if job.zip and proc is not None:
+        from dataclasses import replace
+
+        from jobctl.jobdir import package
+
+        done = replace(
+            job, started_at=started, finished_at=result["finished_at"], exit_code=result["exit_code"],
+            signal=result["signal"], error=result["error"], usage=Usage(**result["usage"]),
+        )
+        try:
+            result["zip_path"] = str(package(done, jd))
+        except OSError as e:
+            result["zip_error"] = f"packaging failed: {e}"
+    fsutil.atomic_write(jd / RESULT_FILE, json.dumps(result).encode(), durable=False)
+
+
+def _start_failure(e: OSError, job: Job) -> dict[str, Any]:
+    name = job.command[0]
+    if isinstance(e, FileNotFoundError) and e.filename == job.cwd:
+        return {"reason": "start_failed", "error": f"working directory not found: {job.cwd}"}
+    if isinstance(e, FileNotFoundError):
+        return {"exit_code": 127, "reason": "not_found", "error": f"command not found: {name}"}
+    if isinstance(e, PermissionError):
+        return {"exit_code": 126, "reason": "start_failed", "error": f"permission denied: {name}"}
+    return {"reason": "start_failed", "error": f"cannot start {name}: {e.strerror}"}
+
+
+def _record_run(jd: Path, job_pid: int, attempt: int) -> None:
+    """Who to signal for this job, with start times so a recycled pid is never signalled."""
+    info = {"attempt": attempt, "supervisor": _ident(os.getpid()), "job": _ident(job_pid)}
+    fsutil.atomic_write(jd / RUN_FILE, json.dumps(info).encode(), durable=False)
+
+
+def _ident(pid: int) -> dict[str, Any]:
+    import psutil
+
+    try:
+        return {"pid": pid, "create_time": psutil.Process(pid).create_time()}
+    except psutil.Error:
+        return {"pid": pid, "create_time": None}
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _watch(proc: subprocess.Popen[bytes], launch: Launch, wake_r: int, requested: list[str]) -> dict[str, Any]:
+    pidfd = os.pidfd_open(proc.pid)
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    poller.register(wake_r, select.POLLIN)
+    timeout_s = launch.job.timeout_s
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    kill_at: float | None = None
+    reason: str | None = None
+    while True:
+        wake_times = [t for t in (deadline if reason is None else None, kill_at) if t is not None]
+        timeout_ms = None if not wake_times else max(0, int((min(wake_times) - time.monotonic()) * 1000) + 1)
+        ready = {fd for fd, _ in poller.poll(timeout_ms)}
+        if pidfd in ready:
+            break
+        if wake_r in ready:
+            try:
+                os.read(wake_r, 64)
+            except BlockingIOError:
+                pass
+        if reason is None and requested:
+            reason = requested[0]
+        elif reason is None and deadline is not None and time.monotonic() >= deadline:
+            reason = "timeout"
+        if reason is not None and kill_at is None:
+            _killpg(proc.pid, signal.SIGTERM)
+            kill_at = time.monotonic() + launch.grace_s
+        elif kill_at is not None and time.monotonic() >= kill_at:
+            _killpg(proc.pid, signal.SIGKILL)
+            kill_at = float("inf")
+    _, status, ru = os.wait4(proc.pid, 0)
+    os.close(pidfd)
+    proc.returncode = 0  # reaped here; keep Popen from waiting again
+    if reason is not None:
+        _killpg(proc.pid, signal.SIGKILL)  # stragglers: background children of a stopped job
+    usage = {
+        "cpu_user_s": round(ru.ru_utime, 3),
+        "cpu_sys_s": round(ru.ru_stime, 3),
+        "max_rss_kb": ru.ru_maxrss,
+    }
+    out: dict[str, Any] = {"usage": usage, "exit_code": None, "signal": None}
+    if os.WIFSIGNALED(status):
+        out["signal"] = os.WTERMSIG(status)
+    else:
+        out["exit_code"] = os.WEXITSTATUS(status)
+    if reason == "timeout":
+        assert timeout_s is not None
+        out.update(reason="timeout", error=f"timed out after {format_duration(timeout_s)}")
+    elif reason == "cancel":
+        out.update(reason="cancelled", error="cancelled")
+    elif reason == "requeue":
+        out.update(reason="requeue", error="stopped by worker")
+    elif out["signal"] is not None:
+        out.update(reason="signal", error=f"killed by signal {out['signal']}")
+    elif out["exit_code"] != 0:
+        out.update(reason="exit", error=f"exit code {out['exit_code']}")
+    else:
+        out.update(reason="exit", error=None)
+    return out
+
+
+def signal_running(jd: Path, attempt: int, sig: int) -> bool:
+    """Send `sig` to the supervisor of attempt `attempt`, if it is still that very process.
+
+    The pid comes from run.json with its start time; a pid that now belongs to another process
+    (recycled) is never signalled. False if there is nothing to signal.
+    """
+    import psutil
+
+    try:
+        info = json.loads((jd / RUN_FILE).read_bytes())
+    except (FileNotFoundError, ValueError):
+        return False
+    sup = info.get("supervisor", {})
+    if info.get("attempt") != attempt or sup.get("create_time") is None:
+        return False
+    try:
+        proc = psutil.Process(sup["pid"])
+        if proc.create_time() != sup["create_time"]:
+            return False
+        proc.send_signal(sig)
+    except psutil.Error:
+        return False
+    return True

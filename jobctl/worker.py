@@ -1,0 +1,200 @@
+"""The pool: claim jobs, start a supervisor for each, record how they ended.
+
+One thread and one `selectors` loop. The loop sleeps until something happens: a submit
+wakes it through its FIFO, a supervisor's exit through a pidfd, SIGINT/SIGTERM through the
+signal wake-up fd. A slow fallback poll (POLL_S) covers a missed wake-up and cancel requests
+recorded while nobody could signal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import socket
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jobctl import supervisor
+from jobctl.errors import Conflict, JobctlError
+from jobctl.jobdir import job_dir
+from jobctl.model import Job, State, Usage, WorkerRef, format_duration, now, transition
+from jobctl.store.base import Guarded, Store
+
+POLL_S = 2.0
+
+
+@dataclass
+class Running:
+    job: Job
+    supervisor_pid: int
+    pidfd: int
+    stop_sent: bool = False
+
+
+def outcome(job: Job, result: dict[str, Any] | None, at: float) -> Job:
+    """The job's next record, from the supervisor's result.json (None: it left none)."""
+    if result is None:
+        return transition(job, State.FAILED, at=at, reason="lost", error="supervisor died without a result")
+    usage = None if result.get("usage") is None else Usage(**result["usage"])
+    common: dict[str, Any] = {
+        "exit_code": result["exit_code"], "signal": result["signal"], "error": result["error"],
+        "reason": result["reason"], "usage": usage, "started_at": result["started_at"],
+        "finished_at": result["finished_at"],
+    }
+    if result.get("zip_path"):
+        common["zip_path"] = result["zip_path"]
+    if result["reason"] == "requeue":
+        return transition(job, State.QUEUED, at=at, attempt=job.attempt - 1, started_at=None)
+    if result["reason"] == "cancelled":
+        return transition(job, State.CANCELLED, at=at, **common)
+    if result["reason"] == "exit" and result["exit_code"] == 0:
+        return transition(job, State.COMPLETED, at=at, **common)
+    return transition(job, State.FAILED, at=at, **common)
+
+
+def read_result(jd: Path, attempt: int) -> dict[str, Any] | None:
+    try:
+        result: dict[str, Any] = json.loads((jd / supervisor.RESULT_FILE).read_bytes())
+    except (FileNotFoundError, ValueError):
+        return None
+    return result if result.get("attempt") == attempt else None
+
+
+class Worker:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        concurrency: int,
+        queues: Collection[str] | None,
+        exit_when_idle: bool,
+        grace_s: float,
+        log: Callable[[str], None],
+    ) -> None:
+        self.store = store
+        self.concurrency = concurrency
+        self.queues = None if not queues else frozenset(queues)
+        self.exit_when_idle = exit_when_idle
+        self.grace_s = grace_s
+        self.log = log
+        self.ref = WorkerRef(socket.gethostname(), os.getpid())
+        self.running: dict[int, Running] = {}
+        self.stopping = 0  # 1: finish running jobs, start none; 2: hand running jobs back
+
+    def free_slots(self) -> int:
+        return self.concurrency - sum(r.job.cpus for r in self.running.values())
+
+    def run(self) -> int:
+        sig_r, sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        old_fd = signal.set_wakeup_fd(sig_w)
+        old = {s: signal.signal(s, lambda *_: None) for s in (signal.SIGINT, signal.SIGTERM)}
+        waker = self.store.listen(f"{self.ref.host}-{self.ref.pid}")
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(waker.fileno(), selectors.EVENT_READ, "wake")
+        self.sel.register(sig_r, selectors.EVENT_READ, "signal")
+        queues = ", ".join(sorted(self.queues)) if self.queues else "all queues"
+        self.log(f"worker {self.ref.host}:{self.ref.pid} started: {self.concurrency} slots, {queues}")
+        try:
+            while True:
+                started = self._fill() if not self.stopping else 0
+                if not self.running and (self.stopping or (self.exit_when_idle and not started)):
+                    break
+                if started:
+                    continue  # claim again at once: more may fit
+                for key, _ in self.sel.select(POLL_S):
+                    if key.data == "wake":
+                        waker.drain()
+                    elif key.data == "signal":
+                        self._on_signals(os.read(sig_r, 64))
+                    else:
+                        self._reap(key.data)
+                self._check_cancels()
+        finally:
+            self.sel.close()
+            waker.close()
+            signal.set_wakeup_fd(old_fd)
+            for s, h in old.items():
+                signal.signal(s, h)
+            os.close(sig_r)
+            os.close(sig_w)
+        self.log("worker stopped")
+        return 0
+
+    def _fill(self) -> int:
+        free = self.free_slots()
+        if free <= 0:
+            return 0
+        jobs = self.store.claim(
+            self.ref, queues=self.queues, free_slots=free, total_slots=self.concurrency, at=now()
+        )
+        for job in jobs:
+            self._start(job)
+        return len(jobs)
+
+    def _start(self, job: Job) -> None:
+        jd = job_dir(self.store.root, job.id)
+        jd.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            env = self.store.env(job)
+        except JobctlError as e:
+            self._record(job, transition(job, State.FAILED, at=now(), reason="start_failed", error=str(e)))
+            return
+        launch = supervisor.Launch(job=job, env=env, job_dir=jd, grace_s=self.grace_s, store=self.store.location)
+        pid = supervisor.start(launch)
+        pidfd = os.pidfd_open(pid)
+        self.running[job.id] = Running(job, pid, pidfd)
+        self.sel.register(pidfd, selectors.EVENT_READ, job.id)
+        self.log(f"job {job.id} started (attempt {job.attempt}): {' '.join(job.command)}")
+
+    def _reap(self, job_id: int) -> None:
+        run = self.running.pop(job_id)
+        self.sel.unregister(run.pidfd)
+        os.close(run.pidfd)
+        os.waitpid(run.supervisor_pid, 0)
+        job = run.job
+        new = outcome(job, read_result(job_dir(self.store.root, job.id), job.attempt), now())
+        self._record(job, new)
+
+    def _record(self, job: Job, new: Job) -> None:
+        try:
+            self.store.update([Guarded(new, job.state, job.attempt)])
+        except Conflict as e:
+            self.log(f"job {job.id}: result not recorded: {e}")
+            return
+        self.store.notify_workers()  # wakes `jobctl wait` too
+        if new.state is State.QUEUED:
+            self.log(f"job {job.id} returned to the queue")
+            return
+        took = "" if new.usage is None else f" in {format_duration(new.usage.wall_s)}"
+        detail = f": {new.error}" if new.error else ""
+        self.log(f"job {job.id} {new.state}{took}{detail}")
+
+    def _on_signals(self, received: bytes) -> None:
+        for _ in received:
+            self.stopping += 1
+            if self.stopping == 1 and self.running:
+                self.log(f"stopping: waiting for {len(self.running)} running job(s); "
+                         "signal again to stop them and return them to the queue")
+            elif self.stopping == 2:
+                self.log(f"stopping {len(self.running)} running job(s) and returning them to the queue")
+                for run in self.running.values():
+                    self._signal(run, signal.SIGUSR2)
+
+    def _check_cancels(self) -> None:
+        if not self.running:
+            return
+        for job in self.store.list(states=[State.RUNNING]):
+            run = self.running.get(job.id)
+            if run is not None and job.cancel_requested and not run.stop_sent:
+                self._signal(run, signal.SIGTERM)
+
+    def _signal(self, run: Running, sig: int) -> None:
+        try:
+            signal.pidfd_send_signal(run.pidfd, sig)
+            run.stop_sent = True
+        except ProcessLookupError:
+            pass
