@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from jobctl.errors import ConfigError, UsageError
-from jobctl.model import parse_duration, parse_size
+from jobctl.model import format_duration, parse_duration, parse_size
 
 
 def _duration(v: Any) -> float:
@@ -138,7 +138,10 @@ class Config:
         self.raw = raw
         self.values: dict[str, Any] = {}
         for name, value in _flatten(raw).items():
-            key = lookup_key(name)
+            try:
+                key = lookup_key(name)
+            except ConfigError as e:
+                raise ConfigError(f"{path}: {e}") from None
             try:
                 self.values[name] = key.parse(value)
             except UsageError as e:
@@ -153,6 +156,8 @@ class Config:
             return cls({}, path)
         except OSError as e:
             raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: not UTF-8 (byte {e.start})") from None
         try:
             return cls(tomllib.loads(text), path)
         except tomllib.TOMLDecodeError as e:
@@ -161,6 +166,21 @@ class Config:
     def get(self, dotted: str) -> Any:
         key = lookup_key(dotted)
         return self.values.get(dotted, key.default)
+
+    def display(self, dotted: str) -> str:
+        """The value of `dotted` as `config get` prints it: as the file spells it, or the
+        default in the form one would write it (`10s`, not `10.0`); empty when unset."""
+        key = lookup_key(dotted)
+        value: Any = self.raw
+        for part in dotted.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is None:
+            value = key.default
+            if value is not None and key.parse is _duration:
+                value = format_duration(value)
+        if value is None:
+            return ""
+        return str(value).lower() if isinstance(value, bool) else str(value)
 
     def queue_setting(self, queue: str, name: str) -> Any:
         return self.get(f"queues.{queue}.{name}")

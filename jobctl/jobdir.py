@@ -6,22 +6,24 @@ must not be able to make jobctl read or delete anything outside it.
 
 from __future__ import annotations
 
-import fnmatch
-import hashlib
+import errno
 import json
 import os
-import shutil
 import stat
 import time
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jobctl import __version__
 from jobctl.errors import JobctlError
 from jobctl.model import Job, iso
 
+if TYPE_CHECKING:
+    import zipfile
+
+# zipfile, hashlib, shutil and fnmatch are imported where used: `submit` and `status`
+# import this module for `job_dir` and must not pay for packaging.
 LOGS = ("stdout.log", "stderr.log")
 _CHUNK = 1 << 20
 
@@ -54,6 +56,8 @@ def manifest(job: Job) -> dict[str, Any]:
 
 
 def _selected(rel: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
+    import fnmatch
+
     if include and not any(fnmatch.fnmatch(rel, g) for g in include):
         return False
     return not any(fnmatch.fnmatch(rel, g) for g in exclude)
@@ -61,6 +65,11 @@ def _selected(rel: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
 
 def _add_file(zf: zipfile.ZipFile, dir_fd: int, name: str, arcname: str) -> dict[str, Any] | None:
     """Stream one regular file into the zip; None if it is not a regular file (any more)."""
+    import hashlib
+    import zipfile
+
+    if not _utf8(arcname):
+        return None
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
     except OSError:
@@ -97,12 +106,23 @@ def package(
     Only regular files and directories are packed; symlinks, FIFOs and devices are listed in
     the manifest as skipped, never followed or read. Memory use is bounded (files stream).
     """
+    import zipfile
+
     dest = dest or jd / "output.zip"
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     files: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
+    # Errors name the destination, not the temp file, and stay OSErrors (the supervisor's
+    # --zip records those as a packaging failure without failing the job).
+    if dest.is_dir():
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(dest))
     try:
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
+        # Created 0600 from the start: the zip holds the job's output, private like the store.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(dest)) from None
+    try:
+        with open(fd, "wb") as raw, zipfile.ZipFile(raw, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
             out = jd / "out"
             if os.path.lexists(out) and not os.path.islink(out) and out.is_dir():
                 for dirpath, dirnames, filenames, dir_fd in os.fwalk(out, follow_symlinks=False):
@@ -113,7 +133,7 @@ def package(
                             continue
                         entry = _add_file(zf, dir_fd, name, f"out/{rel}")
                         if entry is None:
-                            skipped.append({"path": f"out/{rel}", "reason": _kind(name, dir_fd)})
+                            skipped.append({"path": _printable(f"out/{rel}"), "reason": _kind(name, dir_fd, f"out/{rel}")})
                         else:
                             files.append(entry)
             if logs:
@@ -123,6 +143,8 @@ def package(
                         entry = _add_file(zf, jd_fd, name, f"logs/{name}")
                         if entry is not None:
                             files.append(entry)
+                        elif _lexists(name, jd_fd):
+                            skipped.append({"path": f"logs/{name}", "reason": _kind(name, jd_fd, name)})
                 finally:
                     os.close(jd_fd)
             meta = manifest(job)
@@ -140,6 +162,14 @@ def package(
     return dest
 
 
+def _lexists(name: str, dir_fd: int) -> bool:
+    try:
+        os.lstat(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def _is_link(name: str, dir_fd: int) -> bool:
     try:
         return stat.S_ISLNK(os.lstat(name, dir_fd=dir_fd).st_mode)
@@ -147,11 +177,26 @@ def _is_link(name: str, dir_fd: int) -> bool:
         return False
 
 
-def _kind(name: str, dir_fd: int) -> str:
+def _utf8(text: str) -> bool:
+    """Zip entry names are UTF-8; a file name with undecodable bytes cannot be one."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _printable(text: str) -> str:
+    return text if _utf8(text) else os.fsencode(text).decode("utf-8", "backslashreplace")
+
+
+def _kind(name: str, dir_fd: int, arcname: str) -> str:
     try:
         mode = os.lstat(name, dir_fd=dir_fd).st_mode
     except OSError:
         return "vanished"
+    if stat.S_ISREG(mode) and not _utf8(arcname):
+        return "name is not valid UTF-8"
     if stat.S_ISLNK(mode):
         return "symlink"
     if stat.S_ISFIFO(mode):
@@ -187,6 +232,8 @@ def remove(root: Path, job_id: int) -> None:
     except FileNotFoundError:
         return
     if stat.S_ISDIR(st.st_mode):
+        import shutil
+
         shutil.rmtree(path)  # fd-based on Linux: never follows a symlink inside
     else:
         os.unlink(path)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from jobctl import jobdir, supervisor
+from jobctl import jobdir
 from jobctl.errors import Conflict, JobctlError, UsageError
 from jobctl.model import FINISHED, UNFINISHED, Job, State, iso, now, parse_job_id, transition, wait_code
 from jobctl.store.base import Guarded, JobSpec, Store
@@ -55,7 +55,7 @@ def resolve_cwd(cwd: str | None) -> str:
 
 def commands_from(lines: Iterable[str]) -> list[tuple[str, ...]]:
     """One job per non-blank line that is not a # comment, run by /bin/sh -c."""
-    out = []
+    out: list[tuple[str, ...]] = []
     for line in lines:
         text = line.strip()
         if text and not text.startswith("#"):
@@ -100,8 +100,10 @@ def cancel(
     the grace period); its worker records `cancelled`. Returns once every job is finished or
     the grace period plus two seconds have passed.
     """
+    from jobctl import supervisor
+
     if all_jobs:
-        targets = store.list(states=UNFINISHED, queues=None if queue is None else [queue])
+        targets = store.query(states=UNFINISHED, queues=None if queue is None else [queue])
     else:
         targets = [store.get(i) for i in ids]  # NotFound before any change
     out = CancelOutcome()
@@ -283,7 +285,7 @@ def cleanup(
     if keep_failed:
         wanted = wanted - {State.FAILED}
     at = now()
-    finished = sorted(store.list(states=wanted), key=lambda j: (j.finished_at or 0, j.id))
+    finished = sorted(store.query(states=wanted), key=lambda j: (j.finished_at or 0, j.id))
     victims = [j for j in finished if (j.finished_at or 0) <= at - older_than_s]
     sizes = {j.id: jobdir.size(jobdir.job_dir(store.root, j.id)) for j in finished}
     if max_total is not None:

@@ -81,8 +81,11 @@ def _supervise(launch: Launch) -> None:
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     requested: list[str] = []
-    for sig, why in STOP_SIGNALS.items():
-        signal.signal(sig, lambda _s, _f, why=why: requested.append(why))
+    def on_signal(signum: int, _frame: object) -> None:
+        requested.append(STOP_SIGNALS[signal.Signals(signum)])
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, on_signal)
 
     out_dir = jd / "out"
     out_dir.mkdir(mode=0o700, exist_ok=True)
@@ -173,7 +176,8 @@ def _watch(proc: subprocess.Popen[bytes], launch: Launch, wake_r: int, requested
     poller.register(wake_r, select.POLLIN)
     timeout_s = launch.job.timeout_s
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    kill_at: float | None = None
+    kill_at: float | None = None  # when SIGTERM's grace runs out
+    killed = False
     reason: str | None = None
     while True:
         wake_times = [t for t in (deadline if reason is None else None, kill_at) if t is not None]
@@ -190,12 +194,12 @@ def _watch(proc: subprocess.Popen[bytes], launch: Launch, wake_r: int, requested
             reason = requested[0]
         elif reason is None and deadline is not None and time.monotonic() >= deadline:
             reason = "timeout"
-        if reason is not None and kill_at is None:
+        if reason is not None and kill_at is None and not killed:
             _killpg(proc.pid, signal.SIGTERM)
             kill_at = time.monotonic() + launch.grace_s
         elif kill_at is not None and time.monotonic() >= kill_at:
             _killpg(proc.pid, signal.SIGKILL)
-            kill_at = float("inf")
+            kill_at, killed = None, True
     _, status, ru = os.wait4(proc.pid, 0)
     os.close(pidfd)
     proc.returncode = 0  # reaped here; keep Popen from waiting again

@@ -187,7 +187,7 @@ class Worker:
     def _check_cancels(self) -> None:
         if not self.running:
             return
-        for job in self.store.list(states=[State.RUNNING]):
+        for job in self.store.query(states=[State.RUNNING]):
             run = self.running.get(job.id)
             if run is not None and job.cancel_requested and not run.stop_sent:
                 self._signal(run, signal.SIGTERM)

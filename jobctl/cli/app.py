@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from functools import cached_property
 from typing import Annotated, Any, TypeVar
 
@@ -51,6 +51,18 @@ def session(ctx: typer.Context) -> Session:
 
 
 class JobctlGroup(TyperGroup):
+    def _main_shell_completion(self, ctx_args: MutableMapping[str, Any], prog_name: str,
+                               complete_var: str | None = None) -> None:
+        """Serve `_JOBCTL_COMPLETE=complete_bash|zsh|fish` for the scripts in completions/.
+
+        `add_completion=False` keeps --install-completion out of --help, but it also skips
+        registering typer's shell classes, without which every completion request fails.
+        """
+        from typer._completion_classes import completion_init
+
+        completion_init()
+        super()._main_shell_completion(ctx_args, prog_name, complete_var)
+
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)

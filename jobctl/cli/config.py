@@ -1,6 +1,5 @@
 """`jobctl config`: read and write the TOML config file."""
 
-from __future__ import annotations
 
 from typing import Annotated
 
@@ -8,7 +7,7 @@ import typer
 
 from jobctl.cli import render
 from jobctl.cli.app import app
-from jobctl.config import Config, config_path, lookup_key
+from jobctl.config import Config, config_path
 
 config_app = typer.Typer(help="Read and write the config file.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
@@ -19,20 +18,15 @@ def show() -> None:
     """Print the config file's settings (nothing if there is none)."""
     import tomli_w
 
-    render.out(tomli_w.dumps(Config.load().raw).rstrip())
+    text = tomli_w.dumps(Config.load().raw).rstrip()
+    if text:
+        render.out(text)
 
 
 @config_app.command("get")
 def get(key: Annotated[str, typer.Argument(help="A dotted key, e.g. cleanup.older_than.")]) -> None:
     """Print one setting's value (its default when the file does not set it)."""
-    config = Config.load()
-    lookup_key(key)
-    value = config.raw
-    for part in key.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
-    if value is None:
-        value = config.get(key)
-    render.out("" if value is None else str(value).lower() if isinstance(value, bool) else str(value))
+    render.out(Config.load().display(key))
 
 
 @config_app.command("set")

@@ -1,7 +1,5 @@
 """`jobctl cancel`, `wait` and `logs`: acting on and following jobs."""
 
-from __future__ import annotations
-
 import sys
 from typing import Annotated
 

@@ -1,6 +1,5 @@
 """`jobctl cleanup` and `jobctl package`: the lifecycle of job directories."""
 
-from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated

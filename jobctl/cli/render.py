@@ -94,8 +94,7 @@ def jobs_table(jobs: Sequence[Job], *, color: bool, hidden: int) -> None:
     widths = natural[:4] + [max(10, min(natural[4], rest - result_w))] + natural[5:7] + [result_w]
     table = Table(box=None, pad_edge=False, header_style="bold")
     for header, width in zip(headers, widths, strict=True):
-        justify = "right" if header in ("ID", "PRI", "TIME") else "left"
-        table.add_column(header, justify=justify, no_wrap=True, overflow="ellipsis", width=width)
+        table.add_column(header, justify="right" if header in ("ID", "PRI", "TIME") else "left", no_wrap=True, overflow="ellipsis", width=width)
     for job, row in zip(jobs, rows, strict=True):
         table.add_row(
             row[0], Text(row[1], style=STATE_STYLE[job.state]), *(Text(c) for c in row[2:])

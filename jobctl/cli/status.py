@@ -1,7 +1,5 @@
 """`jobctl status`: the table of jobs, or the full record of some."""
 
-from __future__ import annotations
-
 import os
 import sys
 from typing import Annotated
@@ -49,7 +47,7 @@ def status(
                     render.out("")
                 render.job_detail(job, store.root)
         return
-    jobs = store.list(states=states or None, queues=queue or None)
+    jobs = store.query(states=states or None, queues=queue or None)
     if as_json:
         render.jobs_json(jobs, store.root)
         return

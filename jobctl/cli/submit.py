@@ -1,7 +1,5 @@
 """`jobctl submit`: queue jobs."""
 
-from __future__ import annotations
-
 import sys
 from typing import Annotated
 

@@ -1,7 +1,5 @@
 """`jobctl worker`: run the pool in the foreground."""
 
-from __future__ import annotations
-
 import sys
 from typing import Annotated
 

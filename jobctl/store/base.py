@@ -66,7 +66,7 @@ class Store(Protocol):
     def get(self, job_id: int) -> Job:
         """The job's current record; raises NotFound."""
 
-    def list(
+    def query(
         self,
         *,
         states: Collection[State] | None = None,

@@ -106,7 +106,9 @@ class JsonStore:
         if marker.exists():
             self._check_marker(marker)
             return
-        if not set(os.listdir(root)) <= _CREATED_BY_INIT:
+        # Another process may be initialising it right now: its files are no reason to refuse.
+        present = {n for n in os.listdir(root) if not (n.startswith(".") and n.endswith(".tmp"))}
+        if not present <= _CREATED_BY_INIT:
             raise StoreError(f"{root} is not a jobctl store (no store.json) and is not empty")
         with self._lock():
             if marker.exists():
@@ -217,6 +219,17 @@ class JsonStore:
                 out[rec["id"]] = rec
         return out
 
+    def _verify_shard(self, path: Path) -> None:
+        """Refuse to append to a shard with a damaged line (checksums only: cheap)."""
+        try:
+            lines = path.read_bytes().split(b"\n")
+        except FileNotFoundError:
+            return
+        for i, line in enumerate(lines[:-1]):
+            tab = line.rfind(b"\t")
+            if tab < 0 or b"%08x" % zlib.crc32(line[:tab]) != line[tab + 1 :]:
+                raise self._damaged(path, f"line {i + 1}: checksum mismatch")
+
     def _current(self, hot: _Hot, job_id: int) -> dict[str, Any] | None:
         rec = hot.records.get(job_id)
         if rec is None:
@@ -229,7 +242,7 @@ class JsonStore:
             raise NotFound(f"no job {job_id}")
         return Job.from_record(rec)
 
-    def list(
+    def query(
         self,
         *,
         states: Collection[State] | None = None,
@@ -270,6 +283,7 @@ class JsonStore:
                 by_shard.setdefault(rec["id"] // SHARD_SIZE, []).append(rec)
             for n, recs in by_shard.items():
                 path = self._shard_path(n)
+                self._verify_shard(path)
                 _cut_torn_tail(path)
                 fsutil.append_durable(path, b"".join(encode_line(r) for r in recs))
             for rec in finished:
@@ -378,7 +392,8 @@ class JsonStore:
                 ):
                     doomed[job.id] = job
             for n in sorted({i // SHARD_SIZE for i in doomed}):
-                self._rewrite_shard(n, drop=doomed.keys())
+                # lines of jobs now in state.json are stale copies: compact them away too
+                self._rewrite_shard(n, drop=doomed.keys() | hot.records.keys())
             for job_id in doomed:
                 if hot.records.pop(job_id, None) is not None:
                     hot.dirty = True
@@ -398,7 +413,7 @@ class JsonStore:
     def prune(self) -> int:
         """Remove captured environments no stored job refers to; returns how many."""
         with self._lock():
-            used = {job.env_ref for job in self.list()}
+            used = {job.env_ref for job in self.query()}
             removed = 0
             for entry in os.scandir(self._env):
                 if entry.name.endswith(".json") and entry.name[:-5] not in used:

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.helpers import JOBCTL
+
+
+@pytest.fixture(autouse=True)
+def jobctl_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own store and config file."""
+    store = tmp_path / "store"
+    monkeypatch.setenv("JOBCTL_STORE", str(store))
+    monkeypatch.setenv("JOBCTL_CONFIG", str(tmp_path / "config.toml"))
+    monkeypatch.delenv("JOBCTL_DEBUG", raising=False)
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    return store
+
+
+def _processes_of(store: str) -> list[psutil.Process]:
+    """Every process (worker, supervisor, job) started for this test's store."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("JOBCTL_STORE") == store:
+                found.append(proc)
+        except (psutil.Error, OSError):
+            continue
+    return [p for p in found if p.pid != os.getpid()]
+
+
+class Workers:
+    def __init__(self, store: Path) -> None:
+        self.store = store
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def start(self, *args: str, **env: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [JOBCTL, "worker", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **env},
+        )
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate(timeout=10)
+        for proc in _processes_of(str(self.store)):
+            try:
+                proc.send_signal(signal.SIGKILL)
+            except psutil.Error:
+                pass
+
+
+@pytest.fixture
+def workers(jobctl_env: Path) -> Iterator[Workers]:
+    """Start `jobctl worker` processes; the finalizer kills them and every process of this store."""
+    w = Workers(jobctl_env)
+    yield w
+    w.stop_all()

@@ -1,0 +1,76 @@
+"""Shared test helpers: run the CLI in-process or as the real installed script, and wait."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from typer.testing import CliRunner, Result
+
+from jobctl.cli import app
+
+JOBCTL = str(Path(sys.executable).parent / "jobctl")
+
+
+def run(*args: str, ok: bool = True, input: str | None = None) -> Result:
+    """Run jobctl in-process through CliRunner; fail on a non-zero exit unless ok=False."""
+    result = CliRunner().invoke(app, list(args), input=input, catch_exceptions=False)
+    if ok and result.exit_code != 0:
+        raise AssertionError(
+            f"jobctl {' '.join(args)} exited {result.exit_code}\nstdout: {result.stdout}\nstderr: {result.stderr}"
+        )
+    return result
+
+
+def cli(*args: str, ok: bool = True, input: str | None = None, timeout: float = 60,
+        env: dict[str, str] | None = None, cwd: str | Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the installed `jobctl` script in a real subprocess."""
+    proc = subprocess.run(
+        [JOBCTL, *args], input=input, capture_output=True, text=True, timeout=timeout,
+        env=None if env is None else {**os.environ, **env}, cwd=cwd,
+    )
+    if ok and proc.returncode != 0:
+        raise AssertionError(
+            f"jobctl {' '.join(args)} exited {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
+        )
+    return proc
+
+
+def submit(*command: str, opts: tuple[str, ...] = ()) -> int:
+    return int(cli("submit", *opts, "--", *command).stdout)
+
+
+def job(job_id: int) -> dict[str, Any]:
+    [record] = json.loads(cli("status", "--json", str(job_id)).stdout)
+    return record  # type: ignore[no-any-return]
+
+
+def jobs() -> list[dict[str, Any]]:
+    return json.loads(cli("status", "--json").stdout)  # type: ignore[no-any-return]
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05, what: str = "") -> Any:
+    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+def pid_alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

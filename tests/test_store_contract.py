@@ -1,0 +1,198 @@
+"""The storage contract (jobctl/store/base.py), run against every store backend."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from jobctl.errors import Conflict, NotFound, StoreDamaged, StoreError
+from jobctl.model import FINISHED, Job, State, WorkerRef, transition
+from jobctl.store.base import Guarded, JobSpec, Store
+from jobctl.store.jsonfile import FLUSH_AT, JsonStore
+
+WORKER = WorkerRef("host", 1)
+
+
+@pytest.fixture(params=["json"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    return JsonStore(tmp_path / "s")
+
+
+def spec(*command: str, **kw: object) -> JobSpec:
+    return JobSpec(command=command or ("true",), cwd="/", env={"A": "1"}, **kw)  # type: ignore[arg-type]
+
+
+def claim(store: Store, slots: int = 1, queues: list[str] | None = None) -> list[Job]:
+    return store.claim(WORKER, queues=queues, free_slots=slots, total_slots=slots, at=100.0)
+
+
+def finish(store: Store, job: Job, to: State = State.COMPLETED) -> Job:
+    [done] = store.update([Guarded(transition(job, to, at=101.0, exit_code=0), job.state, job.attempt)])
+    return done
+
+
+def test_submit_allocates_increasing_ids_and_get_returns_the_job(store: Store) -> None:
+    a, b = store.submit([spec("echo", "a"), spec("echo", "b")], at=1.0)
+    [c] = store.submit([spec("echo", "c")], at=2.0)
+    assert (a.id, b.id, c.id) == (1, 2, 3)
+    got = store.get(2)
+    assert got.command == ("echo", "b") and got.state is State.QUEUED and got.attempt == 0
+    assert store.env(got) == {"A": "1"}
+    with pytest.raises(NotFound):
+        store.get(4)
+
+
+def test_query_filters_by_state_and_queue(store: Store) -> None:
+    store.submit([spec(queue="a"), spec(queue="b"), spec(queue="a")], at=1.0)
+    [first] = claim(store)
+    finish(store, first)
+    assert [j.id for j in store.query()] == [1, 2, 3]
+    assert [j.id for j in store.query(queues=["a"])] == [1, 3]
+    assert [j.id for j in store.query(states=[State.QUEUED])] == [2, 3]
+    assert [j.id for j in store.query(states=FINISHED, queues=["a"])] == [1]
+
+
+def test_claim_takes_highest_priority_first_then_oldest(store: Store) -> None:
+    store.submit([spec(priority=0), spec(priority=10), spec(priority=0), spec(priority=10)], at=1.0)
+    order = []
+    while jobs := claim(store):
+        order += [j.id for j in jobs]
+    assert order == [2, 4, 1, 3]
+
+
+def test_claim_counts_the_attempt_and_never_hands_out_a_job_twice(store: Store) -> None:
+    store.submit([spec(), spec(), spec()], at=1.0)
+    first = claim(store, slots=2)
+    second = claim(store, slots=2)
+    assert [j.id for j in first] == [1, 2] and [j.id for j in second] == [3]
+    assert all(j.state is State.RUNNING and j.attempt == 1 and j.worker == WORKER for j in first + second)
+    assert claim(store, slots=2) == []
+
+
+def test_claim_respects_free_slots_and_queues(store: Store) -> None:
+    store.submit([spec(cpus=2, queue="gpu"), spec(queue="cpu"), spec(cpus=3)], at=1.0)
+    assert [j.id for j in claim(store, slots=1, queues=["gpu"])] == []
+    assert [j.id for j in claim(store, slots=2, queues=["gpu"])] == [1]
+    # job 3 needs more slots than a 2-slot worker has at all: passed over, not blocking job 2
+    assert [j.id for j in store.claim(WORKER, queues=None, free_slots=2, total_slots=2, at=1.0)] == [2]
+
+
+def test_update_is_guarded_by_state_and_attempt_and_all_or_none(store: Store) -> None:
+    store.submit([spec(), spec()], at=1.0)
+    [one] = claim(store)
+    two = store.get(2)
+    stale = Guarded(transition(two, State.CANCELLED, at=2.0), State.RUNNING, 1)  # 2 is queued
+    good = Guarded(transition(one, State.COMPLETED, at=2.0), State.RUNNING, 1)
+    with pytest.raises(Conflict):
+        store.update([good, stale])
+    assert store.get(1).state is State.RUNNING  # nothing written
+    with pytest.raises(Conflict):
+        store.update([Guarded(transition(one, State.COMPLETED, at=2.0), State.RUNNING, 2)])
+    store.update([good])
+    assert store.get(1).state is State.COMPLETED
+
+
+def test_delete_removes_only_finished_jobs_that_did_not_change(store: Store) -> None:
+    store.submit([spec(), spec(), spec()], at=1.0)
+    a, b = claim(store, slots=2)
+    done_a, done_b = finish(store, a), finish(store, b, State.FAILED)
+    retried = transition(done_b, State.QUEUED, at=3.0)
+    store.update([Guarded(retried, State.FAILED, 1)])
+    removed = store.delete([done_a, done_b, store.get(3)])
+    assert [j.id for j in removed] == [1]
+    assert [j.id for j in store.query()] == [2, 3]
+    [new] = store.submit([spec()], at=4.0)
+    assert new.id == 4  # ids are never reused
+
+
+def test_finished_jobs_move_to_shards_and_stay_readable(store: Store, tmp_path: Path) -> None:
+    n = FLUSH_AT + 5
+    store.submit([spec() for _ in range(n)], at=1.0)
+    for job in claim(store, slots=n):
+        finish(store, job, State.FAILED if job.id == 7 else State.COMPLETED)
+    assert isinstance(store, JsonStore)
+    shard = store.root / "done" / "0.jsonl"
+    # flushed once more than FLUSH_AT had finished; the rest wait in state.json for the next batch
+    assert shard.exists() and len(shard.read_bytes().splitlines()) == FLUSH_AT + 1
+    assert len(store.query(states=FINISHED)) == n
+    assert store.get(7).state is State.FAILED
+    # a retried job's new record wins over its old line in the shard
+    store.update([Guarded(transition(store.get(7), State.QUEUED, at=5.0), State.FAILED, 1)])
+    assert store.get(7).state is State.QUEUED
+    assert [j.id for j in store.query(states=[State.QUEUED])] == [7]
+    assert store.delete([j for j in store.query() if j.finished])
+    assert not shard.exists() and [j.id for j in store.query()] == [7]
+
+
+def test_a_torn_last_line_is_recovered(store: Store) -> None:
+    assert isinstance(store, JsonStore)
+    store.submit([spec() for _ in range(FLUSH_AT + 1)], at=1.0)
+    for job in claim(store, slots=FLUSH_AT + 1):
+        finish(store, job)
+    shard = store.root / "done" / "0.jsonl"
+    with open(shard, "ab") as f:
+        f.write(b'{"id":999,"comm')  # a crash in the middle of an append
+    assert len(store.query()) == FLUSH_AT + 1
+    store.submit([spec() for _ in range(FLUSH_AT + 1)], at=1.0)
+    for job in claim(store, slots=FLUSH_AT + 1):
+        finish(store, job)
+    assert b'{"id":999' not in shard.read_bytes()
+    assert len(store.query(states=[State.COMPLETED])) == 2 * (FLUSH_AT + 1)
+
+
+@pytest.mark.parametrize("target", ["state.json", "done/0.jsonl"])
+def test_damage_is_reported_naming_the_file_and_never_rewritten(store: Store, target: str) -> None:
+    assert isinstance(store, JsonStore)
+    store.submit([spec() for _ in range(FLUSH_AT + 3)], at=1.0)
+    for job in claim(store, slots=FLUSH_AT + 3):
+        finish(store, job)
+    store.submit([spec()], at=2.0)
+    path = store.root / target
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 8] = b"XXXXXXXX"
+    path.write_bytes(bytes(data))
+    with pytest.raises(StoreDamaged, match=str(path)):
+        store.query()
+    with pytest.raises(StoreDamaged, match=str(path)):  # a change that would write into it
+        if target == "state.json":
+            store.submit([spec()], at=3.0)
+        else:
+            store.submit([spec() for _ in range(FLUSH_AT)], at=3.0)
+            for job in claim(store, slots=FLUSH_AT):
+                finish(store, job)
+    assert path.read_bytes() == bytes(data)
+
+
+def test_a_directory_that_is_not_a_store_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(StoreError, match="not a jobctl store"):
+        JsonStore(tmp_path)
+    assert os.listdir(tmp_path) == ["notes.txt"]
+
+
+def test_store_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        store = JsonStore(tmp_path / "s")
+        store.submit([spec() for _ in range(FLUSH_AT + 1)], at=1.0)
+        for job in claim(store, slots=FLUSH_AT + 1):
+            finish(store, job)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "s").stat().st_mode & 0o777 == 0o700
+    for dirpath, dirnames, filenames in os.walk(tmp_path / "s"):
+        for name in dirnames:
+            assert Path(dirpath, name).stat().st_mode & 0o077 == 0, name
+        for name in filenames:
+            assert Path(dirpath, name).stat().st_mode & 0o077 == 0, name
+
+
+def test_job_records_round_trip_through_the_store(store: Store) -> None:
+    [job] = store.submit([spec("a b", "c", name="n", labels=("x", "y"), priority=-3, timeout_s=5.0)], at=1.5)
+    assert store.get(job.id) == job
+    [running] = claim(store)
+    assert store.get(job.id) == running == replace(job, state=State.RUNNING, attempt=1, started_at=100.0, worker=WORKER)
