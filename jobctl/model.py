@@ -7,6 +7,7 @@ against `TRANSITIONS`; every other field changes with `dataclasses.replace`.
 from __future__ import annotations
 
 import re
+import shlex
 import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -182,6 +183,13 @@ class Job:
 
 def _usage_dict(u: Usage) -> dict[str, Any]:
     return {"wall_s": u.wall_s, "cpu_user_s": u.cpu_user_s, "cpu_sys_s": u.cpu_sys_s, "max_rss_kb": u.max_rss_kb}
+
+
+def command_line(command: tuple[str, ...]) -> str:
+    """How to show a command: a `--from` line as it was written, an argv as a shell would quote it."""
+    if len(command) == 3 and command[:2] == ("/bin/sh", "-c"):
+        return command[2]
+    return shlex.join(command)
 
 
 def transition(job: Job, to: State, *, at: float, **changes: Any) -> Job:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import getpass
 import os
 import selectors
-import shlex
 import signal
 import socket
 import time
@@ -320,10 +319,3 @@ def _job_dirs(root: Path) -> list[Path]:
 
 def parse_ids(texts: Sequence[str]) -> list[int]:
     return [parse_job_id(t) for t in texts]
-
-
-def quote(command: Sequence[str]) -> str:
-    if len(command) == 3 and command[:2] == ("/bin/sh", "-c"):
-        return command[2]
-    return shlex.join(command)
-

@@ -21,7 +21,7 @@ from typing import Any
 from jobctl import supervisor
 from jobctl.errors import Conflict, JobctlError
 from jobctl.jobdir import job_dir
-from jobctl.model import Job, State, Usage, WorkerRef, format_duration, now, transition
+from jobctl.model import Job, State, Usage, WorkerRef, command_line, format_duration, now, transition
 from jobctl.store.base import Guarded, Store
 
 POLL_S = 2.0
@@ -148,7 +148,7 @@ class Worker:
         pidfd = os.pidfd_open(pid)
         self.running[job.id] = Running(job, pid, pidfd)
         self.sel.register(pidfd, selectors.EVENT_READ, job.id)
-        self.log(f"job {job.id} started (attempt {job.attempt}): {' '.join(job.command)}")
+        self.log(f"job {job.id} started (attempt {job.attempt}): {command_line(job.command)}")
 
     def _reap(self, job_id: int) -> None:
         run = self.running.pop(job_id)

@@ -105,7 +105,6 @@ def parsed(parse: Callable[[str], T]) -> Callable[[str | None], T | None]:
 app = typer.Typer(
     cls=JobctlGroup,
     name="jobctl",
-    help="Queue shell commands durably and run them with a pool of workers.",
     no_args_is_help=True,
     rich_markup_mode=None,
     pretty_exceptions_enable=False,

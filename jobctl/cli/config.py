@@ -24,15 +24,15 @@ def show() -> None:
 
 
 @config_app.command("get")
-def get(key: Annotated[str, typer.Argument(help="A dotted key, e.g. cleanup.older_than.")]) -> None:
+def get(key: Annotated[str, typer.Argument(metavar="KEY", help="A dotted key, e.g. cleanup.older_than.")]) -> None:
     """Print one setting's value (its default when the file does not set it)."""
     render.out(Config.load().display(key))
 
 
 @config_app.command("set")
 def set_(
-    key: Annotated[str, typer.Argument(help="A dotted key, e.g. cleanup.older_than.")],
-    value: Annotated[str, typer.Argument(help="The value, e.g. 3d.")],
+    key: Annotated[str, typer.Argument(metavar="KEY", help="A dotted key, e.g. cleanup.older_than.")],
+    value: Annotated[str, typer.Argument(metavar="VALUE", help="The value, e.g. 3d.")],
 ) -> None:
     """Set one setting in the config file. Example: `jobctl config set cleanup.older_than 3d`."""
     import tomli_w

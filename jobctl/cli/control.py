@@ -17,7 +17,7 @@ def cancel(
     ctx: typer.Context,
     ids: IdsArg = None,
     all_: Annotated[bool, typer.Option("--all", help="Cancel every unfinished job (of --queue).")] = False,
-    queue: Annotated[str | None, typer.Option(help="With --all: only this queue.")] = None,
+    queue: Annotated[str | None, typer.Option(metavar="QUEUE", help="With --all: only this queue.")] = None,
 ) -> None:
     """Cancel jobs: queued and waiting ones at once, running ones by stopping their processes.
 
@@ -72,7 +72,7 @@ def logs(
     job_id: Annotated[str, typer.Argument(metavar="ID", help="Job id.")],
     stderr: Annotated[bool, typer.Option("--stderr", help="Show stderr instead of stdout.")] = False,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing output until the job finishes.")] = False,
-    tail: Annotated[int | None, typer.Option("--tail", "-n", min=0, help="Only the last N lines.")] = None,
+    tail: Annotated[int | None, typer.Option("--tail", "-n", metavar="N", min=0, help="Only the last N lines.")] = None,
 ) -> None:
     """Show a job's output (stdout, or stderr with --stderr).
 

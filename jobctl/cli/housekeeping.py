@@ -15,7 +15,7 @@ from jobctl.errors import UsageError
 def cleanup(
     ctx: typer.Context,
     older_than: Annotated[str | None, typer.Option(metavar="DUR", help="Remove jobs finished longer ago than this (default: config cleanup.older_than, 7d).")] = None,
-    state: Annotated[list[str] | None, typer.Option("--state", help="Only jobs in this finished state (repeatable).")] = None,
+    state: Annotated[list[str] | None, typer.Option("--state", metavar="STATE", help="Only jobs in this finished state (repeatable): completed, failed, cancelled.")] = None,
     keep_failed: Annotated[bool | None, typer.Option("--keep-failed/--no-keep-failed", help="Keep failed jobs.")] = None,
     max_total: Annotated[str | None, typer.Option(metavar="SIZE", help="Then also remove the oldest finished jobs until job directories fit in SIZE (e.g. 20G).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only show what would be removed.")] = False,

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from jobctl.jobdir import job_dir
-from jobctl.model import Job, State, format_duration, format_size, iso, now, public_dict
+from jobctl.model import Job, State, command_line, format_duration, format_size, iso, now, public_dict
 
 STATE_STYLE = {
     State.QUEUED: "cyan",
@@ -58,9 +58,7 @@ def elapsed(job: Job, at: float) -> str:
 
 
 def command_text(job: Job) -> str:
-    from jobctl.service import quote
-
-    return job.name or quote(job.command)
+    return job.name or command_line(job.command)
 
 
 def outcome_text(job: Job) -> str:

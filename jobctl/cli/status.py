@@ -18,11 +18,11 @@ RECENT_FINISHED = 20
 def status(
     ctx: typer.Context,
     ids: Annotated[list[str] | None, typer.Argument(metavar="[ID]...", help="Show the full record of these jobs.", show_default=False)] = None,
-    state: Annotated[list[str] | None, typer.Option("--state", help="Only jobs in this state (repeatable).")] = None,
-    queue: Annotated[list[str] | None, typer.Option("--queue", help="Only jobs in this queue (repeatable).")] = None,
+    state: Annotated[list[str] | None, typer.Option("--state", metavar="STATE", help="Only jobs in this state (repeatable): queued, waiting, running, completed, failed, cancelled.")] = None,
+    queue: Annotated[list[str] | None, typer.Option("--queue", metavar="QUEUE", help="Only jobs in this queue (repeatable).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print all matching jobs as a JSON array.")] = False,
     all_: Annotated[bool, typer.Option("--all", help="Show every finished job, not only the latest 20.")] = False,
-    limit: Annotated[int | None, typer.Option(min=0, help="Show this many finished jobs.")] = None,
+    limit: Annotated[int | None, typer.Option(metavar="N", min=0, help="Show this many finished jobs.")] = None,
     no_color: Annotated[bool, typer.Option("--no-color", help="No colours (also when NO_COLOR is set).")] = False,
 ) -> None:
     """Show jobs: every unfinished one and the 20 latest finished (newest last).

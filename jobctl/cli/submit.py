@@ -15,16 +15,16 @@ from jobctl.store.base import JobSpec
 @app.command(context_settings={"allow_interspersed_args": False})
 def submit(
     ctx: typer.Context,
-    command: Annotated[list[str] | None, typer.Argument(help="The command and its arguments, after --.", show_default=False)] = None,
-    name: Annotated[str | None, typer.Option(help="A name to show instead of the command.")] = None,
-    queue: Annotated[str, typer.Option(help="The queue to put the job in.")] = "default",
+    command: Annotated[list[str] | None, typer.Argument(metavar="CMD [ARGS]...", help="The command and its arguments, after --.", show_default=False)] = None,
+    name: Annotated[str | None, typer.Option(metavar="NAME", help="A name to show instead of the command.")] = None,
+    queue: Annotated[str, typer.Option(metavar="QUEUE", help="The queue to put the job in.")] = "default",
     priority: Annotated[
         str, typer.Option(metavar="N|NAME", callback=parsed(parse_priority),
                           help="Higher runs first: an integer or low=-10, normal=0, high=10, critical=20.")
     ] = "0",
-    cwd: Annotated[str | None, typer.Option(help="Working directory of the job (default: the current one).")] = None,
+    cwd: Annotated[str | None, typer.Option(metavar="DIR", help="Working directory of the job (default: the current one).")] = None,
     env: Annotated[list[str] | None, typer.Option("--env", metavar="NAME=VALUE", help="Set a variable for the job (repeatable).")] = None,
-    label: Annotated[list[str] | None, typer.Option("--label", help="A label to find the job by (repeatable).")] = None,
+    label: Annotated[list[str] | None, typer.Option("--label", metavar="TEXT", help="A label to find the job by (repeatable).")] = None,
     timeout: Annotated[str | None, typer.Option(metavar="DUR", callback=parsed(parse_duration),
                                                 help="Stop the job after this long (90s, 5m, 2h, 1h30m).")] = None,
     zip_: Annotated[bool | None, typer.Option("--zip/--no-zip", help="Package out/ as output.zip when the job ends.")] = None,

@@ -11,8 +11,8 @@ from jobctl.cli.app import app, session
 @app.command()
 def worker(
     ctx: typer.Context,
-    concurrency: Annotated[int | None, typer.Option("--concurrency", "-c", min=1, help="Slots: jobs run at once (default: config defaults.concurrency, 2).")] = None,
-    queue: Annotated[list[str] | None, typer.Option("--queue", help="Serve only this queue (repeatable; default: all).")] = None,
+    concurrency: Annotated[int | None, typer.Option("--concurrency", "-c", metavar="N", min=1, help="Slots: jobs run at once (default: config defaults.concurrency, 2).")] = None,
+    queue: Annotated[list[str] | None, typer.Option("--queue", metavar="QUEUE", help="Serve only this queue (repeatable; default: all).")] = None,
     exit_when_idle: Annotated[bool, typer.Option("--exit-when-idle", help="Exit once nothing is running or runnable.")] = False,
 ) -> None:
     """Run jobs in the foreground until Ctrl-C.
