@@ -207,6 +207,7 @@ def transition(job: Job, to: State, *, at: float, **changes: Any) -> Job:
     elif job.state in FINISHED or job.state is State.RUNNING:
         changes = {
             "exit_code": None, "signal": None, "error": None, "reason": None, "finished_at": None,
+            "started_at": None, "usage": None, "zip_path": None,
             "worker": None, "cancel_requested": False, "progress": Progress(), **changes,
         }
     return replace(job, state=to, **changes)

@@ -267,6 +267,8 @@ class CleanupReport:
     bytes_freed: int
     dry_run: bool
     sizes: dict[int, int]
+    leftovers: list[int] = field(default_factory=list)
+    """Job directories without a record (left by an interrupted cleanup), removed too."""
 
 
 def cleanup(
@@ -279,17 +281,28 @@ def cleanup(
     dry_run: bool = False,
 ) -> CleanupReport:
     """Remove finished jobs older than the threshold (and the oldest finished beyond
-    `max_total`): records first, then their directories. Never an unfinished job."""
+    `max_total`): records first, then their directories. Never an unfinished job.
+
+    A crash between the two leaves directories without a record; they are found again here
+    (an id below the store's next id, no record) and removed as leftovers.
+    """
     wanted = FINISHED if not states else FINISHED & set(states)
     if keep_failed:
         wanted = wanted - {State.FAILED}
     at = now()
-    finished = sorted(store.query(states=wanted), key=lambda j: (j.finished_at or 0, j.id))
+    ceiling = store.next_id()  # before the query: a job submitted after it has a larger id
+    everything = store.query()
+    known = {j.id for j in everything}
+    leftovers = sorted(i for i in _job_dir_ids(store.root) if i < ceiling and i not in known)
+    finished = sorted((j for j in everything if j.state in wanted), key=lambda j: (j.finished_at or 0, j.id))
     victims = [j for j in finished if (j.finished_at or 0) <= at - older_than_s]
-    sizes = {j.id: jobdir.size(jobdir.job_dir(store.root, j.id)) for j in finished}
+    measured = finished if max_total is not None else victims
+    sizes = {j.id: jobdir.size(jobdir.job_dir(store.root, j.id)) for j in measured}
+    sizes.update({i: jobdir.size(jobdir.job_dir(store.root, i)) for i in leftovers})
     if max_total is not None:
         chosen = {j.id for j in victims}
-        kept = sum(jobdir.size(p) for p in _job_dirs(store.root)) - sum(sizes[i] for i in chosen)
+        kept = sum(jobdir.size(jobdir.job_dir(store.root, i)) for i in _job_dir_ids(store.root))
+        kept -= sum(sizes[i] for i in chosen) + sum(sizes[i] for i in leftovers)
         for job in finished:
             if kept <= max_total:
                 break
@@ -297,22 +310,21 @@ def cleanup(
                 victims.append(job)
                 chosen.add(job.id)
                 kept -= sizes[job.id]
+    freed = sum(sizes[i] for i in leftovers)
     if dry_run:
-        return CleanupReport(victims, sum(sizes[j.id] for j in victims), True, sizes)
+        return CleanupReport(victims, freed + sum(sizes[j.id] for j in victims), True, sizes, leftovers)
     removed = store.delete(victims)
-    for job in removed:
-        jobdir.remove(store.root, job.id)
+    for job_id in [j.id for j in removed] + leftovers:
+        jobdir.remove(store.root, job_id)
     if removed:
-        prune = getattr(store, "prune", None)
-        if prune is not None:
-            prune()
+        store.prune()
         store.append_history([{"at": iso(at), "job": j.id, "event": "cleaned up"} for j in removed])
-    return CleanupReport(removed, sum(sizes[j.id] for j in removed), False, sizes)
+    return CleanupReport(removed, freed + sum(sizes[j.id] for j in removed), False, sizes, leftovers)
 
 
-def _job_dirs(root: Path) -> list[Path]:
+def _job_dir_ids(root: Path) -> list[int]:
     try:
-        return [Path(e.path) for e in os.scandir(root / "jobs") if e.name.isdigit()]
+        return [int(e.name) for e in os.scandir(root / "jobs") if e.name.isdigit()]
     except FileNotFoundError:
         return []
 

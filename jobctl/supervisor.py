@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from jobctl import fsutil
-from jobctl.model import Job, Usage, format_duration, now
+from jobctl.model import Job, State, Usage, format_duration, now, transition
 
 RUN_FILE = "run.json"
 RESULT_FILE = "result.json"
@@ -53,6 +53,10 @@ def start(launch: Launch) -> int:
     code = 0
     try:
         os.setsid()
+        # Not the worker's terminal or pipes: a long job must not hold them open.
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
@@ -120,20 +124,35 @@ def _supervise(launch: Launch) -> None:
     result["finished_at"] = now()
     if "usage" in result:
         result["usage"]["wall_s"] = round(result["finished_at"] - started, 3)
-    if job.zip and proc is not None:
-        from dataclasses import replace
-
+    if job.zip and proc is not None and result["reason"] != "requeue":
         from jobctl.jobdir import package
 
-        done = replace(
-            job, started_at=started, finished_at=result["finished_at"], exit_code=result["exit_code"],
-            signal=result["signal"], error=result["error"], usage=Usage(**result["usage"]),
-        )
         try:
-            result["zip_path"] = str(package(done, jd))
-        except OSError as e:
-            result["zip_error"] = f"packaging failed: {e}"
+            result["zip_path"] = str(package(outcome(job, result, result["finished_at"]), jd))
+        except Exception as e:  # the job's outcome stands; the worker logs why there is no zip
+            result["zip_error"] = f"packaging output.zip failed: {e}"
     fsutil.atomic_write(jd / RESULT_FILE, json.dumps(result).encode(), durable=False)
+
+
+def outcome(job: Job, result: dict[str, Any] | None, at: float) -> Job:
+    """The job's next record, from the supervisor's result.json (None: it left none)."""
+    if result is None:
+        return transition(job, State.FAILED, at=at, reason="lost", error="supervisor died without a result")
+    usage = None if result.get("usage") is None else Usage(**result["usage"])
+    common: dict[str, Any] = {
+        "exit_code": result["exit_code"], "signal": result["signal"], "error": result["error"],
+        "reason": result["reason"], "usage": usage, "started_at": result["started_at"],
+        "finished_at": result["finished_at"],
+    }
+    if result.get("zip_path"):
+        common["zip_path"] = result["zip_path"]
+    if result["reason"] == "requeue":
+        return transition(job, State.QUEUED, at=at, attempt=job.attempt - 1, started_at=None)
+    if result["reason"] == "cancelled":
+        return transition(job, State.CANCELLED, at=at, **common)
+    if result["reason"] == "exit" and result["exit_code"] == 0:
+        return transition(job, State.COMPLETED, at=at, **common)
+    return transition(job, State.FAILED, at=at, **common)
 
 
 def _start_failure(e: OSError, job: Job) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from typing import Any
 from jobctl import supervisor
 from jobctl.errors import Conflict, JobctlError
 from jobctl.jobdir import job_dir
-from jobctl.model import Job, State, Usage, WorkerRef, command_line, format_duration, now, transition
+from jobctl.model import Job, State, WorkerRef, command_line, format_duration, now, transition
 from jobctl.store.base import Guarded, Store
 
 POLL_S = 2.0
@@ -33,27 +33,6 @@ class Running:
     supervisor_pid: int
     pidfd: int
     stop_sent: bool = False
-
-
-def outcome(job: Job, result: dict[str, Any] | None, at: float) -> Job:
-    """The job's next record, from the supervisor's result.json (None: it left none)."""
-    if result is None:
-        return transition(job, State.FAILED, at=at, reason="lost", error="supervisor died without a result")
-    usage = None if result.get("usage") is None else Usage(**result["usage"])
-    common: dict[str, Any] = {
-        "exit_code": result["exit_code"], "signal": result["signal"], "error": result["error"],
-        "reason": result["reason"], "usage": usage, "started_at": result["started_at"],
-        "finished_at": result["finished_at"],
-    }
-    if result.get("zip_path"):
-        common["zip_path"] = result["zip_path"]
-    if result["reason"] == "requeue":
-        return transition(job, State.QUEUED, at=at, attempt=job.attempt - 1, started_at=None)
-    if result["reason"] == "cancelled":
-        return transition(job, State.CANCELLED, at=at, **common)
-    if result["reason"] == "exit" and result["exit_code"] == 0:
-        return transition(job, State.COMPLETED, at=at, **common)
-    return transition(job, State.FAILED, at=at, **common)
 
 
 def read_result(jd: Path, attempt: int) -> dict[str, Any] | None:
@@ -156,7 +135,10 @@ class Worker:
         os.close(run.pidfd)
         os.waitpid(run.supervisor_pid, 0)
         job = run.job
-        new = outcome(job, read_result(job_dir(self.store.root, job.id), job.attempt), now())
+        result = read_result(job_dir(self.store.root, job.id), job.attempt)
+        if result is not None and result.get("zip_error"):
+            self.log(f"job {job.id}: {result['zip_error']}")
+        new = supervisor.outcome(job, result, now())
         self._record(job, new)
 
     def _record(self, job: Job, new: Job) -> None:

@@ -42,7 +42,7 @@ class Workers:
 
     def start(self, *args: str, **env: str) -> subprocess.Popen[str]:
         proc = subprocess.Popen(
-            [JOBCTL, "worker", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [JOBCTL, "worker", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="surrogateescape",
             env={**os.environ, **env},
         )
         self.procs.append(proc)
@@ -52,12 +52,13 @@ class Workers:
         for proc in self.procs:
             if proc.poll() is None:
                 proc.kill()
-            proc.communicate(timeout=10)
-        for proc in _processes_of(str(self.store)):
+        for other in _processes_of(str(self.store)):
             try:
-                proc.send_signal(signal.SIGKILL)
+                other.send_signal(signal.SIGKILL)
             except psutil.Error:
                 pass
+        for proc in self.procs:
+            proc.communicate(timeout=10)
 
 
 @pytest.fixture

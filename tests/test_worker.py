@@ -65,6 +65,22 @@ def test_the_job_sees_its_cwd_environment_and_variables(workers, tmp_path: Path)
     assert record["cwd"] == str(workdir)
 
 
+def test_bytes_that_are_not_utf8_reach_the_job_unchanged(workers) -> None:
+    import subprocess
+
+    from tests.helpers import JOBCTL
+
+    env = {**{k.encode(): v.encode() for k, v in os.environ.items()}, b"RAW": b"\xff\xfe"}
+    out = subprocess.run([JOBCTL.encode(), b"submit", b"--", b"sh", b"-c", b'printf "%s|%s" "$0" "$RAW"', b"caf\xe9"],
+                         env=env, capture_output=True, check=True).stdout
+    i = int(out)
+    workers.start("--exit-when-idle")
+    assert finished(i)["state"] == "completed"
+    assert (Path(job(i)["job_dir"]) / "stdout.log").read_bytes() == b"caf\xe9|\xff\xfe"
+    shown = subprocess.run([JOBCTL, "status", str(i)], capture_output=True, check=True).stdout
+    assert b"'caf\xe9'" in shown  # shown as the bytes it was, not a crash
+
+
 def test_never_more_than_concurrency_jobs_and_really_that_many(workers, tmp_path: Path) -> None:
     # Each job writes its start and end times; pairs (1,2), (3,4)... wait for each other,
     # so they complete only if two really run at once.

@@ -9,4 +9,12 @@ from jobctl.cli.app import app
 
 
 def main() -> None:
+    import sys
+
+    # Commands and names may hold bytes that are not UTF-8 (kept as lone surrogates): print
+    # them as the very bytes they were, as `ls` or `echo` would, instead of crashing.
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="surrogateescape")
     app(prog_name="jobctl")

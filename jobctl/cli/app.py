@@ -71,13 +71,20 @@ class JobctlGroup(TyperGroup):
         except click_exc.NoArgsIsHelpError:
             raise
         except click_exc.UsageError as e:
-            sub = f" {e.ctx.command.name}" if e.ctx is not None and e.ctx.command is not self else ""
-            _fail(ctx, f"{e.format_message()} (see 'jobctl{sub} --help')", ExitCode.USAGE)
+            _fail(ctx, f"{e.format_message()} (see '{_command_path(e.ctx)} --help')", ExitCode.USAGE)
         except OSError as e:
             where = f": {e.filename}" if e.filename else ""
             _fail(ctx, f"{e.strerror or e}{where}", ExitCode.FAILED)
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
+
+
+def _command_path(ctx: Any) -> str:
+    names = []
+    while ctx is not None and ctx.parent is not None:
+        names.append(ctx.info_name)
+        ctx = ctx.parent
+    return " ".join(["jobctl", *reversed(names)])
 
 
 def _fail(ctx: Any, message: str, code: int) -> None:

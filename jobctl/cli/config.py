@@ -29,7 +29,7 @@ def get(key: Annotated[str, typer.Argument(metavar="KEY", help="A dotted key, e.
     render.out(Config.load().display(key))
 
 
-@config_app.command("set")
+@config_app.command("set", context_settings={"ignore_unknown_options": True})
 def set_(
     key: Annotated[str, typer.Argument(metavar="KEY", help="A dotted key, e.g. cleanup.older_than.")],
     value: Annotated[str, typer.Argument(metavar="VALUE", help="The value, e.g. 3d.")],

@@ -135,6 +135,7 @@ def cleanup_report(report: Any, *, as_json: bool, quiet: bool) -> None:
     if as_json:
         json_out({
             "dry_run": report.dry_run,
+            "leftover_dirs": report.leftovers,
             "removed": [{"id": j.id, "state": j.state.value, "finished_at": iso(j.finished_at),
                          "bytes": report.sizes.get(j.id, 0)} for j in report.removed],
             "count": len(report.removed),
@@ -143,6 +144,8 @@ def cleanup_report(report: Any, *, as_json: bool, quiet: bool) -> None:
         return
     if quiet:
         return
+    for i in report.leftovers:
+        out(f"{verb} leftover directory of job {i} (no record, {format_size(report.sizes.get(i, 0))})")
     for j in report.removed:
         out(f"{verb} job {j.id} ({j.state.value}, finished {iso(j.finished_at)}, {format_size(report.sizes.get(j.id, 0))})")
     out(f"{verb} {len(report.removed)} job(s), {format_size(report.bytes_freed)}")

@@ -104,6 +104,12 @@ class Store(Protocol):
         job; the job directories are the caller's to remove afterwards.
         """
 
+    def next_id(self) -> int:
+        """Every id ever allocated is below this one."""
+
+    def prune(self) -> int:
+        """Drop data no stored job refers to any more (captured environments); returns how many."""
+
     def append_history(self, events: Sequence[dict[str, Any]]) -> None:
         """Add events to the audit trail (append-only)."""
 

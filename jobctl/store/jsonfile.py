@@ -48,7 +48,9 @@ _CREATED_BY_INIT = {"lock", "store.json", "state.json", "done", "env", "jobs", "
 
 
 def encode_line(obj: Any) -> bytes:
-    body = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    # ASCII JSON: argv and environment may hold bytes that are not UTF-8, which Python keeps
+    # as lone surrogates; escaped as \udcXX they round-trip back to the very same bytes.
+    body = json.dumps(obj, separators=(",", ":")).encode()
     return b"%s\t%08x\n" % (body, zlib.crc32(body))
 
 
@@ -106,9 +108,10 @@ class JsonStore:
         if marker.exists():
             self._check_marker(marker)
             return
-        # Another process may be initialising it right now: its files are no reason to refuse.
+        # Empty, or being initialised by another process right now (which creates `lock`
+        # first and the marker last): anything else is somebody else's directory.
         present = {n for n in os.listdir(root) if not (n.startswith(".") and n.endswith(".tmp"))}
-        if not present <= _CREATED_BY_INIT:
+        if present and ("lock" not in present or not present <= _CREATED_BY_INIT):
             raise StoreError(f"{root} is not a jobctl store (no store.json) and is not empty")
         with self._lock():
             if marker.exists():
@@ -304,7 +307,7 @@ class JsonStore:
             os.close(fd)
 
     def _save_env(self, env: dict[str, str]) -> str:
-        data = json.dumps(env, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        data = json.dumps(env, sort_keys=True, separators=(",", ":")).encode()
         ref = hashlib.sha256(data).hexdigest()[:32]
         path = self._env / f"{ref}.json"
         if not path.exists():
@@ -312,15 +315,17 @@ class JsonStore:
         return ref
 
     def submit(self, specs: Sequence[JobSpec], *, at: float) -> list[Job]:
-        refs: dict[int, str] = {}
-        env_refs: list[str] = []
-        for spec in specs:
-            key = id(spec.env)
-            if key not in refs:
-                refs[key] = self._save_env(spec.env)
-            env_refs.append(refs[key])
         jobs = []
         with self._transaction() as hot:
+            # Under the lock, so that `prune` (cleanup) never removes an environment that a
+            # submit is about to refer to. Most submissions share one environment: saved once.
+            refs: dict[int, str] = {}
+            env_refs: list[str] = []
+            for spec in specs:
+                key = id(spec.env)
+                if key not in refs:
+                    refs[key] = self._save_env(spec.env)
+                env_refs.append(refs[key])
             for spec, ref in zip(specs, env_refs, strict=True):
                 job = Job(
                     id=hot.next_id, command=spec.command, cwd=spec.cwd, created_at=at, env_ref=ref,
@@ -409,6 +414,9 @@ class JsonStore:
         else:
             path.unlink()
             fsutil.fsync_dir(self._done)
+
+    def next_id(self) -> int:
+        return self._read_hot().next_id
 
     def prune(self) -> int:
         """Remove captured environments no stored job refers to; returns how many."""
