@@ -11,8 +11,6 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.helpers import cli, run, wait_until
 
 FINISHED = {"completed", "failed", "cancelled"}
