@@ -42,17 +42,31 @@ def cli(*args: str, ok: bool = True, input: str | None = None, timeout: float = 
     return proc
 
 
+# submit/job/jobs run in-process (CliRunner): the same CLI against the same files, without
+# a process start each. What a test is about runs as a real process (`cli`, workers).
 def submit(*command: str, opts: tuple[str, ...] = ()) -> int:
-    return int(cli("submit", *opts, "--", *command).stdout)
+    return int(run("submit", *opts, "--", *command).stdout)
 
 
 def job(job_id: int) -> dict[str, Any]:
-    [record] = json.loads(cli("status", "--json", str(job_id)).stdout)
+    [record] = json.loads(run("status", "--json", str(job_id)).stdout)
     return record  # type: ignore[no-any-return]
 
 
 def jobs() -> list[dict[str, Any]]:
-    return json.loads(cli("status", "--json").stdout)  # type: ignore[no-any-return]
+    return json.loads(run("status", "--json").stdout)  # type: ignore[no-any-return]
+
+
+FINISHED = {"completed", "failed", "cancelled"}
+
+
+def finish(workers: Any, *ids: int, concurrency: str = "2") -> None:
+    """Run every queued job with a real worker (until it is idle); these must have finished."""
+    proc = workers.start("--exit-when-idle", "--concurrency", concurrency)
+    wait_until(lambda: proc.poll() is not None, timeout=30, what="the worker to run the queue")
+    assert proc.returncode == 0
+    states = {r["id"]: r["state"] for r in jobs()}
+    assert all(states[i] in FINISHED for i in ids), states
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05, what: str = "") -> Any:

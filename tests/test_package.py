@@ -11,33 +11,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import cli, run, wait_until
-
-FINISHED = {"completed", "failed", "cancelled"}
-
-
-# In-process (CliRunner) versions of tests.helpers' submit/job/jobs: the same CLI against the same
-# files, without a process start each. The commands under test run as real processes (`cli`).
-def submit(*command: str, opts: tuple[str, ...] = ()) -> int:
-    return int(run("submit", *opts, "--", *command).stdout)
-
-
-def jobs() -> list[dict[str, Any]]:
-    return json.loads(run("status", "--json").stdout)  # type: ignore[no-any-return]
-
-
-def job(job_id: int) -> dict[str, Any]:
-    [record] = json.loads(run("status", "--json", str(job_id)).stdout)
-    return record  # type: ignore[no-any-return]
-
-
-def finish(workers: Any, *ids: int, concurrency: str = "2") -> None:
-    """Run every queued job with a real worker (until it is idle); these must have finished."""
-    proc = workers.start("--exit-when-idle", "--concurrency", concurrency)
-    wait_until(lambda: proc.poll() is not None, timeout=30, what="the worker to run the queue")
-    assert proc.returncode == 0
-    states = {r["id"]: r["state"] for r in jobs()}
-    assert all(states[i] in FINISHED for i in ids), states
+from tests.helpers import cli, finish, job, run, submit
 
 
 def sh(script: str, *, opts: tuple[str, ...] = ()) -> int:
