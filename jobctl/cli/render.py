@@ -35,7 +35,8 @@ def ids(jobs: Sequence[Job]) -> None:
 
 
 def json_out(obj: Any) -> None:
-    json.dump(obj, sys.stdout, indent=2)
+    # One dumps() call, no indent: the C encoder (indent or dump() use the Python one, 3x slower).
+    sys.stdout.write(json.dumps(obj))
     sys.stdout.write("\n")
 
 
