@@ -54,7 +54,7 @@ def tree(root: Path) -> dict[str, bytes | str]:
 def test_dry_run_lists_but_removes_nothing(workers, jobctl_env):
     a = submit("true")
     b = submit("false")
-    finish(workers, a, b)
+    finish(workers, a, b, concurrency="1")  # one at a time: finish times differ visibly
     records = jobs()
     before = tree(jobctl_env)
     by_id = {r["id"]: r for r in records}
@@ -85,7 +85,7 @@ def test_dry_run_lists_but_removes_nothing(workers, jobctl_env):
 def test_removes_finished_jobs_older_than_the_threshold(workers, jobctl_env):
     a = submit("/bin/sh", "-c", 'head -c 10000 /dev/zero > "$JOBCTL_OUTPUT_DIR/zeros"')
     b = submit("false")
-    finish(workers, a, b)
+    finish(workers, a, b, concurrency="1")  # one at a time: finish times differ visibly
     records = {r["id"]: r for r in jobs()}
     sizes = {i: du(jobctl_env / "jobs" / str(i)) for i in (a, b)}
     assert sizes[a] > 10000
