@@ -7,6 +7,7 @@ directory (JOBCTL_STORE and JOBCTL_CONFIG point there, never at the user's own s
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import shutil
@@ -177,3 +178,17 @@ def machine() -> str:
 def load() -> str:
     """The 1/5/15-minute load averages: other work on a 2-core machine shows up here."""
     return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def arguments(description: str, quick_help: str) -> argparse.ArgumentParser:
+    """The options every benchmark takes; a script adds its own before parse_args()."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--quick", action="store_true", help=quick_help)
+    ap.add_argument(
+        "--inherit-python-env",
+        action="store_true",
+        help="run the children with this shell's PYTHON* variables (PYTHONUNBUFFERED, "
+        "PYTHONDONTWRITEBYTECODE, ...) instead of a default Python with a bytecode cache in the sandbox",
+    )
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # progress shows through `| tee`
+    return ap

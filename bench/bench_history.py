@@ -25,7 +25,6 @@ Exit status 0 if every target is met, 1 if not.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import socket
@@ -35,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _benchlib import JOBCTL, Sandbox, load, machine, median, ms, p90, secs, table, verdict  # noqa: E402
+from _benchlib import JOBCTL, Sandbox, arguments, load, machine, median, ms, p90, secs, table, verdict  # noqa: E402
 
 from jobctl.model import FINISHED, State, Usage, WorkerRef, transition  # noqa: E402
 from jobctl.store.base import Guarded, JobSpec  # noqa: E402
@@ -111,8 +110,7 @@ def make_job_dirs(root: Path, ids: list[int]) -> None:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="N=20,000 and fewer repetitions")
+    ap = arguments(__doc__.splitlines()[0], "N=20,000 and fewer repetitions")
     ap.add_argument("-n", type=int, help="stored jobs (default 100,000; 20,000 with --quick)")
     ap.add_argument(
         "--cleanup-timeout",
@@ -120,14 +118,7 @@ def main() -> int:
         default=900.0,
         help="kill a cleanup still running after this many seconds (default 900)",
     )
-    ap.add_argument(
-        "--inherit-python-env",
-        action="store_true",
-        help="run the children with this shell's PYTHON* variables (PYTHONUNBUFFERED, "
-        "PYTHONDONTWRITEBYTECODE, ...) instead of a default Python with a bytecode cache in the sandbox",
-    )
     args = ap.parse_args()
-    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # progress shows through `| tee`
     n = args.n or (20_000 if args.quick else 100_000)
     status_runs, claim_runs, submit_runs = (3, 20, 10) if args.quick else (7, 50, 20)
 

@@ -14,30 +14,21 @@ Starts no worker. Exit status 0 if the target is met, 1 if not.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _benchlib import JOBCTL, PYTHON, Sandbox, load, machine, median, ms, p90, table, verdict  # noqa: E402
+from _benchlib import JOBCTL, PYTHON, Sandbox, arguments, load, machine, median, ms, p90, table, verdict  # noqa: E402
 
 TARGET = 1.3
 WARMUP = 3
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="10 rounds instead of 30")
+    ap = arguments(__doc__.splitlines()[0], "10 rounds instead of 30")
     ap.add_argument("--rounds", type=int, help="rounds of interleaved runs (default 30, 10 with --quick)")
-    ap.add_argument(
-        "--inherit-python-env",
-        action="store_true",
-        help="run the children with this shell's PYTHON* variables (PYTHONUNBUFFERED, "
-        "PYTHONDONTWRITEBYTECODE, ...) instead of a default Python with a bytecode cache in the sandbox",
-    )
     args = ap.parse_args()
-    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # progress shows through `| tee`
     rounds = args.rounds or (10 if args.quick else 30)
 
     with Sandbox("jobctl-bench-startup-", inherit_python_env=args.inherit_python_env) as box:
