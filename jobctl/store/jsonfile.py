@@ -446,20 +446,6 @@ class JsonStore:
         with self._lock():
             self._append_events(events)
 
-    def history(self) -> list[dict[str, Any]]:
-        path = self.root / "history.jsonl"
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return []
-        out = []
-        for line in data.split(b"\n"):
-            try:
-                out.append(decode_line(line))
-            except ValueError:
-                continue  # the audit trail is best effort; a torn line is not data
-        return out
-
     def notify_workers(self) -> None:
         wake.notify(self.root / "wake")
 
