@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _benchlib import JOBCTL, Sandbox, arguments, load, machine, median, ms, p90, secs, table, verdict  # noqa: E402
 
 from jobctl.model import FINISHED, State, Usage, WorkerRef, transition  # noqa: E402
+from jobctl.scheduler import Capacity  # noqa: E402
 from jobctl.store.base import Guarded, JobSpec  # noqa: E402
 from jobctl.store.jsonfile import SHARD_SIZE, JsonStore, encode_line  # noqa: E402
 
@@ -184,7 +185,7 @@ def main() -> int:
                 store = stores[k]
                 [job] = store.submit([spec(cwd, job_env)], at=time.time())
                 t = time.perf_counter()
-                claimed = store.claim(me, queues=None, free_slots=1, total_slots=1, at=time.time())
+                claimed = store.claim(me, Capacity(free_slots=1, total_slots=1), at=time.time())
                 dt = time.perf_counter() - t
                 assert [c.id for c in claimed] == [job.id], (claimed, job.id)
                 [c] = claimed

@@ -185,6 +185,14 @@ class Config:
     def queue_setting(self, queue: str, name: str) -> Any:
         return self.get(f"queues.{queue}.{name}")
 
+    def queue_limits(self) -> dict[str, int]:
+        """`[queues.NAME] concurrency = N` for every queue that sets it."""
+        return {
+            key.split(".")[1]: value
+            for key, value in self.values.items()
+            if key.startswith("queues.") and key.endswith(".concurrency")
+        }
+
     def with_value(self, dotted: str, text: str) -> dict[str, Any]:
         """The raw TOML table with `dotted` set from command-line text; validates first."""
         key = lookup_key(dotted)

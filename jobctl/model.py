@@ -10,7 +10,7 @@ import re
 import shlex
 import time
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -38,8 +38,8 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     ),
     State.COMPLETED: frozenset(),
     # `jobctl retry` is the one way back from a finished state.
-    State.FAILED: frozenset({State.QUEUED}),
-    State.CANCELLED: frozenset({State.QUEUED}),
+    State.FAILED: frozenset({State.QUEUED, State.WAITING}),
+    State.CANCELLED: frozenset({State.QUEUED, State.WAITING}),
 }
 
 
@@ -106,6 +106,16 @@ class Job:
     zip_path: str | None = None
     cancel_requested: bool = False
     submitter: dict[str, Any] | None = None
+    depends_any: tuple[int, ...] = ()
+    retry_delay_s: float = 10.0
+    retry_on: tuple[int, ...] = ()
+    not_before: float | None = None
+    held: bool = False
+    unique_key: str | None = None
+    mem_bytes: int | None = None
+    gpus: int = 0
+    gpu_ids: tuple[int, ...] = ()
+    waiting_for: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -142,6 +152,16 @@ class Job:
             "zip_path": self.zip_path,
             "cancel_requested": self.cancel_requested,
             "submitter": self.submitter,
+            "depends_any": list(self.depends_any),
+            "retry_delay_s": self.retry_delay_s,
+            "retry_on": list(self.retry_on),
+            "not_before": self.not_before,
+            "held": self.held,
+            "unique_key": self.unique_key,
+            "mem_bytes": self.mem_bytes,
+            "gpus": self.gpus,
+            "gpu_ids": list(self.gpu_ids),
+            "waiting_for": self.waiting_for,
         }
 
     @classmethod
@@ -178,6 +198,16 @@ class Job:
             zip_path=r.get("zip_path"),
             cancel_requested=r.get("cancel_requested", False),
             submitter=r.get("submitter"),
+            depends_any=tuple(r.get("depends_any", ())),
+            retry_delay_s=r.get("retry_delay_s", 10.0),
+            retry_on=tuple(r.get("retry_on", ())),
+            not_before=r.get("not_before"),
+            held=r.get("held", False),
+            unique_key=r.get("unique_key"),
+            mem_bytes=r.get("mem_bytes"),
+            gpus=r.get("gpus", 0),
+            gpu_ids=tuple(r.get("gpu_ids", ())),
+            waiting_for=r.get("waiting_for"),
         )
 
 
@@ -200,6 +230,8 @@ def transition(job: Job, to: State, *, at: float, **changes: Any) -> Job:
     """
     if to not in TRANSITIONS[job.state]:
         raise InvalidTransition(f"job {job.id} is {job.state}, it cannot become {to}")
+    if to is not State.WAITING:
+        changes.setdefault("waiting_for", None)
     if to is State.RUNNING:
         changes.setdefault("started_at", at)
     elif to in FINISHED:
@@ -207,7 +239,7 @@ def transition(job: Job, to: State, *, at: float, **changes: Any) -> Job:
     elif job.state in FINISHED or job.state is State.RUNNING:
         changes = {
             "exit_code": None, "signal": None, "error": None, "reason": None, "finished_at": None,
-            "started_at": None, "usage": None, "zip_path": None,
+            "started_at": None, "usage": None, "zip_path": None, "gpu_ids": (),
             "worker": None, "cancel_requested": False, "progress": Progress(), **changes,
         }
     return replace(job, state=to, **changes)
@@ -264,7 +296,7 @@ def public_dict(job: Job, job_dir: str, at: float) -> dict[str, Any]:
         "error": job.error,
         "reason": job.reason,
         "progress": {"percent": job.progress.percent, "message": job.progress.message},
-        "waiting_for": None,
+        "waiting_for": job.waiting_for,
         "poll_after_s": poll_after(job, at),
         "job_dir": job_dir,
         "zip_path": job.zip_path,
@@ -272,6 +304,15 @@ def public_dict(job: Job, job_dir: str, at: float) -> dict[str, Any]:
         "usage": None if job.usage is None else _usage_dict(job.usage),
         "labels": list(job.labels),
         "cpus": job.cpus,
+        "mem_bytes": job.mem_bytes,
+        "gpus": job.gpus,
+        "gpu_ids": list(job.gpu_ids),
+        "depends_on_any": list(job.depends_any),
+        "retry_delay_s": job.retry_delay_s,
+        "retry_on": list(job.retry_on),
+        "not_before": iso(job.not_before),
+        "held": job.held,
+        "unique_key": job.unique_key,
         "cancel_requested": job.cancel_requested,
     }
 
@@ -329,6 +370,37 @@ def format_size(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"
+
+
+def parse_time(text: str, at: float) -> float:
+    """`--at`: ISO 8601 (`2026-11-23T14:00`, with or without a zone; local if none) or `HH:MM`
+    local time, the next such moment after `at`. Returns seconds since the epoch."""
+    s = text.strip()
+    m = re.fullmatch(r"([01]?\d|2[0-3]):([0-5]\d)", s)
+    if m:
+        base = datetime.fromtimestamp(at).astimezone()
+        when = base.replace(hour=int(m.group(1)), minute=int(m.group(2)), second=0, microsecond=0)
+        if when.timestamp() <= at:
+            when = (when + timedelta(days=1)).replace(hour=int(m.group(1)), minute=int(m.group(2)))
+        return when.timestamp()
+    try:
+        parsed = datetime.fromisoformat(s.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"invalid time {text!r} (examples: 14:30, 2026-11-23T14:00, 2026-11-23T14:00Z)") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.astimezone()
+    return parsed.timestamp()
+
+
+def parse_codes(text: str) -> tuple[int, ...]:
+    """`--retry-on 75,137` -> (75, 137)."""
+    try:
+        codes = tuple(int(c) for c in text.split(","))
+    except ValueError:
+        raise UsageError(f"invalid exit codes {text!r} (example: 75,137)") from None
+    if not codes or any(not 0 <= c <= 255 for c in codes):
+        raise UsageError(f"invalid exit codes {text!r} (each from 0 to 255)")
+    return codes
 
 
 PRIORITY_NAMES = {"low": -10, "normal": 0, "high": 10, "critical": 20}

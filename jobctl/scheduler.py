@@ -1,25 +1,132 @@
-"""Which queued jobs a worker starts next: a pure function, shared by every store.
+"""Scheduling rules shared by every store: pure functions of jobs, states and time.
 
-Order: highest priority first, then oldest (lowest id) first. A job that needs more slots
-than are free blocks the jobs behind it (no backfilling), so a big job is never starved by
-a stream of small ones; the worker simply waits for running jobs to free their slots. A job
-that needs more slots than the worker has at all can never start there and is passed over.
+`settle` decides what a waiting job waits for, and moves it on when nothing is left: to
+`queued`, or to `failed` when a dependency it needed to complete did not. Stores call it in
+every transaction that changes jobs, so a failure propagates through chains of dependents at
+once, in the same write.
+
+`pick` decides which queued jobs a worker starts next. Order: highest priority first, then
+oldest (lowest id) first. A job that needs more CPU slots or GPUs than are free blocks the
+jobs behind it in its queue order (no backfilling), so a big job is never starved by a
+stream of small ones: the worker waits for running jobs to free what it needs. Jobs that
+cannot start for reasons that free slots do not change (a paused queue, a queue at its
+concurrency limit, more than the worker has at all) are passed over and block nobody.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import random
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 
-from jobctl.model import Job
+from jobctl.model import FINISHED, Job, State, iso, transition
+
+ALL_QUEUES = "*"
 
 
-def pick(candidates: Iterable[Job], *, free_slots: int, total_slots: int) -> list[Job]:
+def settle(job: Job, state_of: Callable[[int], State | None], at: float) -> Job:
+    """The waiting job's next version: still waiting (with `waiting_for` saying why), queued,
+    or failed because a dependency failed. `state_of(id)` is None for a job that no longer
+    exists (cleaned up): only finished jobs are ever removed, so it counts as finished."""
+    assert job.state is State.WAITING
+    for dep in job.depends_on:
+        state = state_of(dep)
+        if state in (State.FAILED, State.CANCELLED):
+            return transition(job, State.FAILED, at=at, reason="dependency", error=f"dependency {dep} failed")
+    if job.held:
+        return _waiting(job, "held")
+    for dep in (*job.depends_on, *job.depends_any):
+        state = state_of(dep)
+        if state is not None and state not in FINISHED:
+            return _waiting(job, f"dependency {dep}")
+    if job.not_before is not None and job.not_before > at:
+        return _waiting(job, "retry back-off" if job.attempt else f"until {iso(job.not_before)}")
+    return transition(job, State.QUEUED, at=at, not_before=None)
+
+
+def _waiting(job: Job, why: str) -> Job:
+    return job if job.waiting_for == why else replace(job, waiting_for=why)
+
+
+def settle_all(
+    jobs: Mapping[int, Job], lookup: Callable[[Collection[int]], Mapping[int, State]], at: float
+) -> dict[int, Job]:
+    """Settle every waiting job in `jobs` (the unfinished ones), repeating until nothing moves,
+    so that a failure runs down a chain of dependents. `lookup` gives the states of jobs that
+    are not in `jobs` (finished ones). Returns the jobs that changed."""
+    changed: dict[int, Job] = {}
+    current = dict(jobs)
+    outside = {d for j in jobs.values() if j.state is State.WAITING for d in (*j.depends_on, *j.depends_any)}
+    known = dict(lookup([d for d in outside if d not in current]))
+    while True:
+        moved = False
+        for job_id, job in list(current.items()):
+            if job.state is not State.WAITING:
+                continue
+            new = settle(job, lambda d: current[d].state if d in current else known.get(d), at)
+            if new != job:
+                current[job_id] = changed[job_id] = new
+                moved = moved or new.state is not State.WAITING
+        if not moved:
+            return changed
+
+
+def retry_delay(job: Job, max_delay_s: float, rng: random.Random | None = None) -> float:
+    """Back-off before attempt `job.attempt + 1`: retry_delay doubled per attempt made, with
+    ±10 % jitter (so many failing jobs do not retry in lockstep), capped at max_delay_s."""
+    base = job.retry_delay_s * 2 ** max(0, job.attempt - 1)
+    jitter = float((rng or random.Random()).uniform(0.9, 1.1))
+    return float(min(max_delay_s, base * jitter))
+
+
+def should_retry(job: Job, exit_code: int | None, reason: str | None) -> bool:
+    """A failed attempt is retried while attempts remain, never after a cancel, and with
+    --retry-on only for those exit codes."""
+    if reason in ("cancelled", "requeue") or job.attempt > job.max_retries:
+        return False
+    return not job.retry_on or exit_code in job.retry_on
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What one worker can give right now, and the limits it must respect."""
+
+    free_slots: int
+    total_slots: int
+    free_gpu_ids: tuple[int, ...] = ()
+    """GPU ids not in use on this worker; a claimed job gets the first ones it needs."""
+    total_gpus: int = 0
+    queues: frozenset[str] | None = None
+    """Queues this worker serves; None for all."""
+    paused: frozenset[str] = frozenset()
+    """Paused queue names; ALL_QUEUES pauses every queue."""
+    queue_limits: Mapping[str, int] = field(default_factory=dict)
+    """Most jobs of a queue running at once, across all workers."""
+    running_per_queue: Mapping[str, int] = field(default_factory=dict)
+
+
+def fits_ever(job: Job, cap: Capacity) -> bool:
+    return job.cpus <= cap.total_slots and job.gpus <= cap.total_gpus
+
+
+def pick(candidates: Iterable[Job], cap: Capacity) -> list[Job]:
     chosen: list[Job] = []
+    free_slots, free_gpus = cap.free_slots, len(cap.free_gpu_ids)
+    running = dict(cap.running_per_queue)
     for job in sorted(candidates, key=lambda j: (-j.priority, j.id)):
-        if job.cpus > total_slots:
+        if job.state is not State.QUEUED or not fits_ever(job, cap):
             continue
-        if job.cpus > free_slots:
+        if cap.queues is not None and job.queue not in cap.queues:
+            continue
+        if ALL_QUEUES in cap.paused or job.queue in cap.paused:
+            continue
+        limit = cap.queue_limits.get(job.queue)
+        if limit is not None and running.get(job.queue, 0) >= limit:
+            continue
+        if job.cpus > free_slots or job.gpus > free_gpus:
             break
         chosen.append(job)
         free_slots -= job.cpus
+        free_gpus -= job.gpus
+        running[job.queue] = running.get(job.queue, 0) + 1
     return chosen

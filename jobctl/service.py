@@ -147,6 +147,36 @@ def _with(job: Job, **changes: Any) -> Job:
     return replace(job, **changes)
 
 
+# --- retry and release ---------------------------------------------------------------------
+
+
+def retry(store: Store, ids: Sequence[int]) -> list[Job]:
+    """Put failed or cancelled jobs back for a new attempt (same id; earlier logs are kept).
+
+    They go through `waiting`, so a job whose dependency still failed fails again at once.
+    """
+    jobs = [store.get(i) for i in ids]
+    wrong = [j for j in jobs if j.state not in (State.FAILED, State.CANCELLED)]
+    if wrong:
+        listed = ", ".join(f"{j.id} ({j.state.value})" for j in wrong)
+        raise JobctlError(f"only failed or cancelled jobs can be retried: {listed}")
+    changes = [Guarded(transition(j, State.WAITING, at=now(), not_before=None, held=False), j.state, j.attempt) for j in jobs]
+    store.update(changes)
+    store.notify_workers()
+    return [store.get(i) for i in ids]
+
+
+def release(store: Store, ids: Sequence[int]) -> list[Job]:
+    """Let held jobs go: they run as soon as nothing else holds them back."""
+    jobs = [store.get(i) for i in ids]
+    wrong = [j for j in jobs if not (j.held and j.state is State.WAITING)]
+    if wrong:
+        raise JobctlError(f"not held: {', '.join(f'{j.id} ({j.state.value})' for j in wrong)}")
+    store.update([Guarded(replace(j, held=False), State.WAITING, j.attempt) for j in jobs])
+    store.notify_workers()
+    return [store.get(i) for i in ids]
+
+
 # --- wait -----------------------------------------------------------------------------------
 
 

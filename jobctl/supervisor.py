@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from jobctl import fsutil
-from jobctl.model import Job, State, Usage, format_duration, now, transition
+from jobctl.model import Job, State, Usage, format_duration, format_size, now, transition
+from jobctl.scheduler import retry_delay, should_retry
 
 RUN_FILE = "run.json"
 RESULT_FILE = "result.json"
@@ -85,6 +86,7 @@ def _supervise(launch: Launch) -> None:
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     requested: list[str] = []
+
     def on_signal(signum: int, _frame: object) -> None:
         requested.append(STOP_SIGNALS[signal.Signals(signum)])
 
@@ -101,6 +103,9 @@ def _supervise(launch: Launch) -> None:
         JOBCTL_OUTPUT_DIR=str(out_dir),
         JOBCTL_STORE=launch.store,
     )
+    if job.gpus:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in job.gpu_ids)
+    _keep_earlier_logs(jd, job.attempt)
     started = now()
     result: dict[str, Any] = {
         "attempt": job.attempt, "started_at": started, "exit_code": None, "signal": None,
@@ -134,8 +139,22 @@ def _supervise(launch: Launch) -> None:
     fsutil.atomic_write(jd / RESULT_FILE, json.dumps(result).encode(), durable=False)
 
 
-def outcome(job: Job, result: dict[str, Any] | None, at: float) -> Job:
-    """The job's next record, from the supervisor's result.json (None: it left none)."""
+def _keep_earlier_logs(jd: Path, attempt: int) -> None:
+    """Attempt N writes stdout.log/stderr.log; those of attempt N-1 become stdout.N-1.log."""
+    if attempt > 1:
+        for stream in ("stdout", "stderr"):
+            try:
+                os.replace(jd / f"{stream}.log", jd / f"{stream}.{attempt - 1}.log")
+            except FileNotFoundError:
+                pass
+
+
+def outcome(job: Job, result: dict[str, Any] | None, at: float, *, retry_max_delay_s: float | None = None) -> Job:
+    """The job's next record, from the supervisor's result.json (None: it left none).
+
+    With `retry_max_delay_s`, a failed attempt that may be retried goes back to `waiting`
+    for its back-off instead (scheduler.should_retry, scheduler.retry_delay).
+    """
     if result is None:
         return transition(job, State.FAILED, at=at, reason="lost", error="supervisor died without a result")
     usage = None if result.get("usage") is None else Usage(**result["usage"])
@@ -152,6 +171,11 @@ def outcome(job: Job, result: dict[str, Any] | None, at: float) -> Job:
         return transition(job, State.CANCELLED, at=at, **common)
     if result["reason"] == "exit" and result["exit_code"] == 0:
         return transition(job, State.COMPLETED, at=at, **common)
+    if retry_max_delay_s is not None and should_retry(job, result["exit_code"], result["reason"]):
+        return transition(
+            job, State.WAITING, at=at, not_before=at + retry_delay(job, retry_max_delay_s),
+            waiting_for="retry back-off", gpu_ids=(),
+        )
     return transition(job, State.FAILED, at=at, **common)
 
 
@@ -198,8 +222,11 @@ def _watch(proc: subprocess.Popen[bytes], launch: Launch, wake_r: int, requested
     kill_at: float | None = None  # when SIGTERM's grace runs out
     killed = False
     reason: str | None = None
+    memory = _TreeMemory(proc.pid)
+    limit = launch.job.mem_bytes
+    next_sample = time.monotonic()
     while True:
-        wake_times = [t for t in (deadline if reason is None else None, kill_at) if t is not None]
+        wake_times = [t for t in (deadline if reason is None else None, kill_at, next_sample) if t is not None]
         timeout_ms = None if not wake_times else max(0, int((min(wake_times) - time.monotonic()) * 1000) + 1)
         ready = {fd for fd, _ in poller.poll(timeout_ms)}
         if pidfd in ready:
@@ -209,6 +236,11 @@ def _watch(proc: subprocess.Popen[bytes], launch: Launch, wake_r: int, requested
                 os.read(wake_r, 64)
             except BlockingIOError:
                 pass
+        if time.monotonic() >= next_sample:
+            current = memory.sample()
+            next_sample = time.monotonic() + (SAMPLE_LIMITED_S if limit else SAMPLE_S)
+            if reason is None and limit is not None and current > limit:
+                reason = "memory"
         if reason is None and requested:
             reason = requested[0]
         elif reason is None and deadline is not None and time.monotonic() >= deadline:
@@ -227,7 +259,10 @@ def _watch(proc: subprocess.Popen[bytes], launch: Launch, wake_r: int, requested
     usage = {
         "cpu_user_s": round(ru.ru_utime, 3),
         "cpu_sys_s": round(ru.ru_stime, 3),
-        "max_rss_kb": ru.ru_maxrss,
+        # The sampled peak of the whole tree; wait4's figure starts at the supervisor's own
+        # size (Linux carries a forking parent's peak over), so it is only the fallback for a
+        # job too short to be sampled.
+        "max_rss_kb": memory.peak // 1024 if memory.peak else ru.ru_maxrss,
     }
     out: dict[str, Any] = {"usage": usage, "exit_code": None, "signal": None}
     if os.WIFSIGNALED(status):
@@ -237,6 +272,9 @@ def _watch(proc: subprocess.Popen[bytes], launch: Launch, wake_r: int, requested
     if reason == "timeout":
         assert timeout_s is not None
         out.update(reason="timeout", error=f"timed out after {format_duration(timeout_s)}")
+    elif reason == "memory":
+        assert limit is not None
+        out.update(reason="memory", error=f"memory limit exceeded ({format_size(limit)})")
     elif reason == "cancel":
         out.update(reason="cancelled", error="cancelled")
     elif reason == "requeue":
@@ -248,6 +286,40 @@ def _watch(proc: subprocess.Popen[bytes], launch: Launch, wake_r: int, requested
     else:
         out.update(reason="exit", error=None)
     return out
+
+
+SAMPLE_S = 1.0
+SAMPLE_LIMITED_S = 0.2
+
+
+class _TreeMemory:
+    """Resident memory of a job's whole process tree, sampled (psutil), and its peak."""
+
+    def __init__(self, pid: int) -> None:
+        import psutil
+
+        self.psutil = psutil
+        self.pid = pid
+        self.peak = 0
+        self.procs: dict[int, Any] = {}
+
+    def sample(self) -> int:
+        psutil = self.psutil
+        try:
+            root = self.procs.get(self.pid) or psutil.Process(self.pid)
+            tree = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return 0
+        # Keep the Process objects of the current tree (cheaper re-reads), forget the gone ones.
+        self.procs = {p.pid: self.procs.get(p.pid, p) for p in tree}
+        total = 0
+        for proc in self.procs.values():
+            try:
+                total += proc.memory_info().rss
+            except psutil.Error:
+                continue
+        self.peak = max(self.peak, total)
+        return total
 
 
 def signal_running(jd: Path, attempt: int, sig: int) -> bool:

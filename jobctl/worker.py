@@ -13,7 +13,7 @@ import os
 import selectors
 import signal
 import socket
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from jobctl import supervisor
 from jobctl.errors import Conflict, JobctlError
 from jobctl.jobdir import job_dir
 from jobctl.model import Job, State, WorkerRef, command_line, format_duration, now, transition
+from jobctl.scheduler import Capacity
 from jobctl.store.base import Guarded, Store
 
 POLL_S = 2.0
@@ -53,9 +54,15 @@ class Worker:
         exit_when_idle: bool,
         grace_s: float,
         log: Callable[[str], None],
+        gpus: Sequence[int] = (),
+        queue_limits: Mapping[str, int] | None = None,
+        retry_max_delay_s: float = 3600.0,
     ) -> None:
         self.store = store
         self.concurrency = concurrency
+        self.gpus = tuple(gpus)
+        self.queue_limits = dict(queue_limits or {})
+        self.retry_max_delay_s = retry_max_delay_s
         self.queues = None if not queues else frozenset(queues)
         self.exit_when_idle = exit_when_idle
         self.grace_s = grace_s
@@ -64,8 +71,29 @@ class Worker:
         self.running: dict[int, Running] = {}
         self.stopping = 0  # 1: finish running jobs, start none; 2: hand running jobs back
 
-    def free_slots(self) -> int:
-        return self.concurrency - sum(r.job.cpus for r in self.running.values())
+    def capacity(self) -> Capacity:
+        busy = {g for r in self.running.values() for g in r.job.gpu_ids}
+        return Capacity(
+            free_slots=self.concurrency - sum(r.job.cpus for r in self.running.values()),
+            total_slots=self.concurrency,
+            free_gpu_ids=tuple(g for g in self.gpus if g not in busy),
+            total_gpus=len(self.gpus),
+            queues=self.queues,
+            queue_limits=self.queue_limits,
+        )
+
+    def _timed_waits(self) -> list[float]:
+        """When the delayed or backed-off jobs of this worker's queues may start (held ones
+        wait for a person, not a time)."""
+        return [
+            j.not_before
+            for j in self.store.query(states=[State.WAITING], queues=self.queues)
+            if j.not_before is not None and not j.held
+        ]
+
+    def _next_due(self) -> float:
+        """Seconds until the earliest delayed or backed-off job may start (at most POLL_S)."""
+        return max(0.0, min([POLL_S, *(d - now() for d in self._timed_waits())]))
 
     def run(self) -> int:
         sig_r, sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -76,15 +104,17 @@ class Worker:
         self.sel.register(waker.fileno(), selectors.EVENT_READ, "wake")
         self.sel.register(sig_r, selectors.EVENT_READ, "signal")
         queues = ", ".join(sorted(self.queues)) if self.queues else "all queues"
-        self.log(f"worker {self.ref.host}:{self.ref.pid} started: {self.concurrency} slots, {queues}")
+        gpus = f", GPUs {','.join(map(str, self.gpus))}" if self.gpus else ""
+        self.log(f"worker {self.ref.host}:{self.ref.pid} started: {self.concurrency} slots{gpus}, {queues}")
         try:
             while True:
                 started = self._fill() if not self.stopping else 0
-                if not self.running and (self.stopping or (self.exit_when_idle and not started)):
+                idle = not started and not self._timed_waits()
+                if not self.running and (self.stopping or (self.exit_when_idle and idle)):
                     break
                 if started:
                     continue  # claim again at once: more may fit
-                for key, _ in self.sel.select(POLL_S):
+                for key, _ in self.sel.select(self._next_due() if not self.stopping else POLL_S):
                     if key.data == "wake":
                         waker.drain()
                     elif key.data == "signal":
@@ -104,12 +134,10 @@ class Worker:
         return 0
 
     def _fill(self) -> int:
-        free = self.free_slots()
-        if free <= 0:
+        cap = self.capacity()
+        if cap.free_slots <= 0:
             return 0
-        jobs = self.store.claim(
-            self.ref, queues=self.queues, free_slots=free, total_slots=self.concurrency, at=now()
-        )
+        jobs = self.store.claim(self.ref, cap, at=now())
         for job in jobs:
             self._start(job)
         return len(jobs)
@@ -138,10 +166,10 @@ class Worker:
         result = read_result(job_dir(self.store.root, job.id), job.attempt)
         if result is not None and result.get("zip_error"):
             self.log(f"job {job.id}: {result['zip_error']}")
-        new = supervisor.outcome(job, result, now())
-        self._record(job, new)
+        new = supervisor.outcome(job, result, now(), retry_max_delay_s=self.retry_max_delay_s)
+        self._record(job, new, None if result is None else result["error"])
 
-    def _record(self, job: Job, new: Job) -> None:
+    def _record(self, job: Job, new: Job, attempt_error: str | None = None) -> None:
         try:
             self.store.update([Guarded(new, job.state, job.attempt)])
         except Conflict as e:
@@ -150,6 +178,11 @@ class Worker:
         self.store.notify_workers()  # wakes `jobctl wait` too
         if new.state is State.QUEUED:
             self.log(f"job {job.id} returned to the queue")
+            return
+        if new.state is State.WAITING:
+            why = f" ({attempt_error})" if attempt_error else ""
+            wait = format_duration(round(max(0.0, (new.not_before or 0) - now()), 1))
+            self.log(f"job {job.id} attempt {job.attempt} failed{why}; retry in {wait}")
             return
         took = "" if new.usage is None else f" in {format_duration(new.usage.wall_s)}"
         detail = f": {new.error}" if new.error else ""

@@ -10,6 +10,7 @@ import pytest
 
 from jobctl.errors import Conflict, NotFound, StoreDamaged, StoreError
 from jobctl.model import FINISHED, Job, State, WorkerRef, transition
+from jobctl.scheduler import Capacity
 from jobctl.store.base import Guarded, JobSpec, Store
 from jobctl.store.jsonfile import FLUSH_AT, JsonStore
 
@@ -26,7 +27,8 @@ def spec(*command: str, **kw: object) -> JobSpec:
 
 
 def claim(store: Store, slots: int = 1, queues: list[str] | None = None) -> list[Job]:
-    return store.claim(WORKER, queues=queues, free_slots=slots, total_slots=slots, at=100.0)
+    cap = Capacity(free_slots=slots, total_slots=slots, queues=None if queues is None else frozenset(queues))
+    return store.claim(WORKER, cap, at=100.0)
 
 
 def finish(store: Store, job: Job, to: State = State.COMPLETED) -> Job:
@@ -77,7 +79,7 @@ def test_claim_respects_free_slots_and_queues(store: Store) -> None:
     assert [j.id for j in claim(store, slots=1, queues=["gpu"])] == []
     assert [j.id for j in claim(store, slots=2, queues=["gpu"])] == [1]
     # job 3 needs more slots than a 2-slot worker has at all: passed over, not blocking job 2
-    assert [j.id for j in store.claim(WORKER, queues=None, free_slots=2, total_slots=2, at=1.0)] == [2]
+    assert [j.id for j in store.claim(WORKER, Capacity(free_slots=2, total_slots=2), at=1.0)] == [2]
 
 
 def test_update_is_guarded_by_state_and_attempt_and_all_or_none(store: Store) -> None:

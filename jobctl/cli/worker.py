@@ -14,6 +14,7 @@ def worker(
     concurrency: Annotated[int | None, typer.Option("--concurrency", "-c", metavar="N", min=1, help="Slots: jobs run at once (default: config defaults.concurrency, 2).")] = None,
     queue: Annotated[list[str] | None, typer.Option("--queue", metavar="QUEUE", help="Serve only this queue (repeatable; default: all).")] = None,
     exit_when_idle: Annotated[bool, typer.Option("--exit-when-idle", help="Exit once nothing is running or runnable.")] = False,
+    gpus: Annotated[str | None, typer.Option("--gpus", metavar="IDS", help="GPU ids this worker hands out, e.g. 0,1 (one job per GPU).")] = None,
 ) -> None:
     """Run jobs in the foreground until Ctrl-C.
 
@@ -25,6 +26,7 @@ def worker(
     from jobctl.worker import Worker
 
     s = session(ctx)
+    gpu_ids = _gpu_ids(gpus)
 
     def log(line: str) -> None:
         print(f"{iso(now())} {line}", file=sys.stderr, flush=True)
@@ -36,5 +38,20 @@ def worker(
         exit_when_idle=exit_when_idle,
         grace_s=s.config.get("kill_grace"),
         log=log,
+        gpus=gpu_ids,
+        queue_limits=s.config.queue_limits(),
+        retry_max_delay_s=s.config.get("retry_max_delay"),
     )
     raise typer.Exit(w.run())
+
+
+def _gpu_ids(text: str | None) -> tuple[int, ...]:
+    if not text:
+        return ()
+    try:
+        ids = tuple(int(g) for g in text.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a list of GPU ids such as 0,1", param_hint="--gpus") from None
+    if len(set(ids)) != len(ids) or min(ids) < 0:
+        raise typer.BadParameter(f"{text!r}: GPU ids are distinct numbers from 0", param_hint="--gpus")
+    return ids

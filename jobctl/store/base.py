@@ -8,12 +8,14 @@ instead of overwriting somebody else's change.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from jobctl.model import Job, State, WorkerRef
+from jobctl.scheduler import Capacity
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,20 @@ class JobSpec:
     cpus: int = 1
     zip: bool = False
     submitter: dict[str, Any] = field(default_factory=dict)
+    depends_any: tuple[int, ...] = ()
+    retry_delay_s: float = 10.0
+    retry_on: tuple[int, ...] = ()
+    not_before: float | None = None
+    held: bool = False
+    unique_key: str | None = None
+    mem_bytes: int | None = None
+    gpus: int = 0
+
+    def new_job(self, job_id: int, env_ref: str, at: float) -> Job:
+        """The job this spec describes, as submitted: waiting if it has anything to wait for."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "env"}
+        waits = bool(self.depends_on or self.depends_any or self.held or self.not_before)
+        return Job(id=job_id, env_ref=env_ref, created_at=at, state=State.WAITING if waits else State.QUEUED, **fields)
 
 
 @dataclass(frozen=True)
@@ -61,7 +77,12 @@ class Store(Protocol):
     """What the user passes as --store to reach this store (a path or a URL)."""
 
     def submit(self, specs: Sequence[JobSpec], *, at: float) -> list[Job]:
-        """Allocate ids and store the jobs, all or none, durably before returning."""
+        """Allocate ids and store the jobs, all or none, durably before returning.
+
+        A spec whose `unique_key` an unfinished job already has adds nothing: that job is
+        returned in its place. Refuses (UsageError, nothing stored) a dependency on an id the
+        store does not have.
+        """
 
     def get(self, job_id: int) -> Job:
         """The job's current record; raises NotFound."""
@@ -77,24 +98,24 @@ class Store(Protocol):
     def env(self, job: Job) -> dict[str, str]:
         """The environment captured when `job` was submitted."""
 
-    def claim(
-        self,
-        worker: WorkerRef,
-        *,
-        queues: Collection[str] | None,
-        free_slots: int,
-        total_slots: int,
-        at: float,
-    ) -> list[Job]:
-        """Atomically move the next runnable jobs that fit `free_slots` to `running` for `worker`.
+    def claim(self, worker: WorkerRef, capacity: Capacity, *, at: float) -> list[Job]:
+        """Atomically move the next runnable jobs that fit `capacity` to `running` for `worker`
+        (`scheduler.pick`, with the store's paused queues and running counts filled in).
 
         Each returned job has its attempt counted. No two callers ever get the same job attempt.
         """
 
+    def set_paused(self, queue: str, paused: bool) -> None:
+        """Pause or resume starting jobs of `queue` (scheduler.ALL_QUEUES: every queue)."""
+
+    def paused(self) -> frozenset[str]:
+        """The paused queues."""
+
     def update(self, changes: Sequence[Guarded]) -> list[Job]:
         """Write each new version if the stored job still has the expected state and attempt.
 
-        All or none: if any guard fails, raises Conflict and writes nothing.
+        All or none: if any guard fails, raises Conflict and writes nothing. Waiting jobs whose
+        dependencies this settles move on in the same write (`scheduler.settle_all`).
         """
 
     def delete(self, jobs: Sequence[Job]) -> list[Job]:

@@ -20,6 +20,7 @@ always current there; among `done/` lines of one job, the highest `_v` wins.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -34,9 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from jobctl import fsutil
-from jobctl.errors import Conflict, NotFound, StoreDamaged, StoreError, StoreLocked
-from jobctl.model import FINISHED, Job, State, WorkerRef, iso, transition
-from jobctl.scheduler import pick
+from jobctl.errors import Conflict, NotFound, StoreDamaged, StoreError, StoreLocked, UsageError
+from jobctl.model import FINISHED, Job, State, WorkerRef, iso, now, transition
+from jobctl.scheduler import Capacity, pick, settle_all
 from jobctl.store import wake
 from jobctl.store.base import Guarded, JobSpec
 
@@ -69,6 +70,7 @@ def decode_line(line: bytes) -> Any:
 class _Hot:
     next_id: int
     records: dict[int, dict[str, Any]]
+    paused: set[str] = field(default_factory=set)
     events: list[dict[str, Any]] = field(default_factory=list)
     dirty: bool = False
 
@@ -165,8 +167,23 @@ class JsonStore:
         with self._lock():
             hot = self._read_hot()
             yield hot
+            self._settle(hot, now())
             if hot.dirty:
                 self._commit(hot)
+
+    def _settle(self, hot: _Hot, at: float) -> None:
+        """Move on the waiting jobs that have nothing left to wait for (or a failed dependency)."""
+        waiting = {i: Job.from_record(r) for i, r in hot.records.items() if r["state"] == "waiting"}
+        if not waiting:
+            return
+
+        def states(ids: Collection[int]) -> dict[int, State]:
+            return {i: State(r["state"]) for i, r in self._current_many(hot, ids).items()}
+
+        for job_id, new in settle_all(waiting, states, at).items():
+            hot.put(new, hot.records[job_id]["_v"] + 1)
+            if new.state is not State.WAITING:
+                hot.events.append({"at": iso(at), "job": job_id, "event": new.state.value, "error": new.error})
 
     # --- reading -------------------------------------------------------------------------
 
@@ -185,7 +202,7 @@ class JsonStore:
             state = decode_line(data.rstrip(b"\n"))
             if state["schema"] > SCHEMA:
                 raise StoreError(f"store {self.root} has schema {state['schema']}; this jobctl reads up to {SCHEMA}")
-            return _Hot(state["next_id"], {r["id"]: r for r in state["jobs"]})
+            return _Hot(state["next_id"], {r["id"]: r for r in state["jobs"]}, set(state.get("paused", ())))
         except (ValueError, KeyError, TypeError) as e:
             raise self._damaged(self._state, str(e)) from None
 
@@ -302,7 +319,10 @@ class JsonStore:
                 fsutil.append_durable(path, b"".join(encode_line(r) for r in recs))
             for rec in finished:
                 del hot.records[rec["id"]]
-        state = {"schema": SCHEMA, "next_id": hot.next_id, "jobs": list(hot.records.values())}
+        state = {
+            "schema": SCHEMA, "next_id": hot.next_id, "paused": sorted(hot.paused),
+            "jobs": list(hot.records.values()),
+        }
         fsutil.atomic_write(self._state, encode_line(state))
         if hot.events:
             self._append_events(hot.events)
@@ -337,39 +357,46 @@ class JsonStore:
                 if key not in refs:
                     refs[key] = self._save_env(spec.env)
                 env_refs.append(refs[key])
+            deps = {d for s in specs for d in (*s.depends_on, *s.depends_any)}
+            known = self._current_many(hot, deps)
+            unique = {r["unique_key"]: r for r in hot.records.values()
+                      if r.get("unique_key") and r["state"] not in _FINISHED_VALUES}
             for spec, ref in zip(specs, env_refs, strict=True):
-                job = Job(
-                    id=hot.next_id, command=spec.command, cwd=spec.cwd, created_at=at, env_ref=ref,
-                    name=spec.name, queue=spec.queue, priority=spec.priority,
-                    max_retries=spec.max_retries, timeout_s=spec.timeout_s,
-                    depends_on=spec.depends_on, labels=spec.labels, cpus=spec.cpus, zip=spec.zip,
-                    submitter=spec.submitter,
-                )
+                missing = sorted(d for d in (*spec.depends_on, *spec.depends_any) if d not in known)
+                if missing:
+                    raise UsageError(f"unknown dependency {missing[0]} (no such job)")
+                if spec.unique_key is not None and spec.unique_key in unique:
+                    jobs.append(Job.from_record(unique[spec.unique_key]))
+                    continue
+                job = spec.new_job(hot.next_id, ref, at)
                 hot.next_id += 1
                 hot.put(job, 1)
+                if job.unique_key is not None:
+                    unique[job.unique_key] = hot.records[job.id]
                 hot.events.append({"at": iso(at), "job": job.id, "event": "submitted", **spec.submitter})
                 jobs.append(job)
         self.notify_workers()
         return jobs
 
-    def claim(
-        self,
-        worker: WorkerRef,
-        *,
-        queues: Collection[str] | None,
-        free_slots: int,
-        total_slots: int,
-        at: float,
-    ) -> list[Job]:
+    def claim(self, worker: WorkerRef, capacity: Capacity, *, at: float) -> list[Job]:
         with self._transaction() as hot:
+            self._settle(hot, at)  # a delay may have run out since the last write
+            queues = capacity.queues
             candidates = [
                 Job.from_record(r)
                 for r in hot.records.values()
                 if r["state"] == "queued" and (queues is None or r["queue"] in queues)
             ]
+            running: dict[str, int] = {}
+            for r in hot.records.values():
+                if r["state"] == "running":
+                    running[r["queue"]] = running.get(r["queue"], 0) + 1
+            cap = dataclasses.replace(capacity, paused=frozenset(hot.paused), running_per_queue=running)
             claimed = []
-            for job in pick(candidates, free_slots=free_slots, total_slots=total_slots):
-                new = transition(job, State.RUNNING, at=at, worker=worker, attempt=job.attempt + 1)
+            gpu_ids = list(cap.free_gpu_ids)
+            for job in pick(candidates, cap):
+                mine, gpu_ids = tuple(gpu_ids[: job.gpus]), gpu_ids[job.gpus :]
+                new = transition(job, State.RUNNING, at=at, worker=worker, attempt=job.attempt + 1, gpu_ids=mine)
                 hot.put(new, hot.records[job.id]["_v"] + 1)
                 hot.events.append({
                     "at": iso(at), "job": job.id, "event": "started", "attempt": new.attempt,
@@ -427,6 +454,17 @@ class JsonStore:
         else:
             path.unlink()
             fsutil.fsync_dir(self._done)
+
+    def set_paused(self, queue: str, paused: bool) -> None:
+        with self._transaction() as hot:
+            if (queue in hot.paused) != paused:
+                (hot.paused.add if paused else hot.paused.discard)(queue)
+                hot.dirty = True
+        if not paused:
+            self.notify_workers()
+
+    def paused(self) -> frozenset[str]:
+        return frozenset(self._read_hot().paused)
 
     def next_id(self) -> int:
         return self._read_hot().next_id
