@@ -16,8 +16,9 @@ concurrency limit, more than the worker has at all) are passed over and block no
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from jobctl.model import FINISHED, Job, State, iso, transition
 
@@ -103,6 +104,25 @@ class Capacity:
     queue_limits: Mapping[str, int] = field(default_factory=dict)
     """Most jobs of a queue running at once, across all workers."""
     running_per_queue: Mapping[str, int] = field(default_factory=dict)
+
+
+def unfit_reason(job: Job, workers: Sequence[Mapping[str, Any]]) -> str | None:
+    """Why no live worker could ever run `job`, or None (also when no worker serves its queue:
+    then it simply waits for one)."""
+    serving = [w for w in workers if w.get("queues") is None or job.queue in w["queues"]]
+    if not serving:
+        return None
+    slots = max(w["slots"] for w in serving)
+    gpus = max(w["gpus"] for w in serving)
+    if job.cpus > slots:
+        return f"needs {_count(job.cpus, 'slot')}; the largest worker has {slots}"
+    if job.gpus > gpus:
+        return f"needs {_count(job.gpus, 'GPU')}; the largest worker has {gpus}"
+    return None
+
+
+def _count(n: int, thing: str) -> str:
+    return f"{n} {thing}" if n == 1 else f"{n} {thing}s"
 
 
 def fits_ever(job: Job, cap: Capacity) -> bool:

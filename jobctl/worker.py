@@ -100,6 +100,7 @@ class Worker:
         old_fd = signal.set_wakeup_fd(sig_w)
         old = {s: signal.signal(s, lambda *_: None) for s in (signal.SIGINT, signal.SIGTERM)}
         waker = self.store.listen(f"{self.ref.host}-{self.ref.pid}")
+        unregister = self.store.register_worker(self.ref, self.capacity())
         self.sel = selectors.DefaultSelector()
         self.sel.register(waker.fileno(), selectors.EVENT_READ, "wake")
         self.sel.register(sig_r, selectors.EVENT_READ, "signal")
@@ -123,6 +124,7 @@ class Worker:
                         self._reap(key.data)
                 self._check_cancels()
         finally:
+            unregister()
             self.sel.close()
             waker.close()
             signal.set_wakeup_fd(old_fd)

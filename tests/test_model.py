@@ -207,8 +207,10 @@ def test_from_record_fills_defaults_for_old_records() -> None:
 
 def test_transition_table_matches_the_spec() -> None:
     assert TRANSITIONS[State.COMPLETED] == frozenset()
-    assert TRANSITIONS[State.FAILED] == {State.QUEUED}
-    assert TRANSITIONS[State.CANCELLED] == {State.QUEUED}
+    # `jobctl retry` is the only way out of a finished state: back to queued, or through
+    # waiting so that the job's dependencies are checked again
+    assert TRANSITIONS[State.FAILED] == {State.QUEUED, State.WAITING}
+    assert TRANSITIONS[State.CANCELLED] == {State.QUEUED, State.WAITING}
     assert set(TRANSITIONS) == set(State)
     assert FINISHED | UNFINISHED == set(State) and not FINISHED & UNFINISHED
 

@@ -69,7 +69,7 @@ def outcome_text(job: Job) -> str:
         return job.error
     if job.state is State.RUNNING and job.cancel_requested:
         return "cancelling"
-    return ""
+    return job.waiting_for or ""
 
 
 def jobs_table(jobs: Sequence[Job], *, color: bool, hidden: int) -> None:

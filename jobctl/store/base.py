@@ -9,7 +9,7 @@ instead of overwriting somebody else's change.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -104,6 +104,13 @@ class Store(Protocol):
 
         Each returned job has its attempt counted. No two callers ever get the same job attempt.
         """
+
+    def register_worker(self, worker: WorkerRef, capacity: Capacity) -> Callable[[], None]:
+        """Announce a live worker and what it can run, until the returned function is called
+        (or the process dies: liveness must not depend on the worker cleaning up)."""
+
+    def workers(self) -> list[dict[str, Any]]:
+        """The live workers: host, pid, slots, gpus, queues (None: all)."""
 
     def set_paused(self, queue: str, paused: bool) -> None:
         """Pause or resume starting jobs of `queue` (scheduler.ALL_QUEUES: every queue)."""

@@ -28,7 +28,7 @@ import os
 import socket
 import time
 import zlib
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +37,7 @@ from typing import Any
 from jobctl import fsutil
 from jobctl.errors import Conflict, NotFound, StoreDamaged, StoreError, StoreLocked, UsageError
 from jobctl.model import FINISHED, Job, State, WorkerRef, iso, now, transition
-from jobctl.scheduler import Capacity, pick, settle_all
+from jobctl.scheduler import Capacity, pick, settle_all, unfit_reason
 from jobctl.store import wake
 from jobctl.store.base import Guarded, JobSpec
 
@@ -392,6 +392,7 @@ class JsonStore:
                 if r["state"] == "running":
                     running[r["queue"]] = running.get(r["queue"], 0) + 1
             cap = dataclasses.replace(capacity, paused=frozenset(hot.paused), running_per_queue=running)
+            self._note_unfit(hot, candidates, self.workers())
             claimed = []
             gpu_ids = list(cap.free_gpu_ids)
             for job in pick(candidates, cap):
@@ -404,6 +405,13 @@ class JsonStore:
                 })
                 claimed.append(new)
             return claimed
+
+    def _note_unfit(self, hot: _Hot, queued: Sequence[Job], workers: Sequence[dict[str, Any]]) -> None:
+        """Say in `waiting_for` when no live worker serving its queue could ever run a queued job."""
+        for job in queued:
+            note = unfit_reason(job, workers)
+            if note != job.waiting_for:
+                hot.put(dataclasses.replace(job, waiting_for=note), hot.records[job.id]["_v"] + 1)
 
     def update(self, changes: Sequence[Guarded]) -> list[Job]:
         with self._transaction() as hot:
@@ -454,6 +462,54 @@ class JsonStore:
         else:
             path.unlink()
             fsutil.fsync_dir(self._done)
+
+    def register_worker(self, worker: WorkerRef, capacity: Capacity) -> Callable[[], None]:
+        """A file per worker in `workers/`, flock'ed for the worker's lifetime: when the process
+        dies the kernel drops the lock, so a stale file is recognised without any clock."""
+        directory = self.root / "workers"
+        fsutil.private_dir(directory)
+        path = directory / f"{worker.host}-{worker.pid}.json"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, fsutil.FILE_MODE)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        info = {
+            "host": worker.host, "pid": worker.pid, "slots": capacity.total_slots,
+            "gpus": capacity.total_gpus, "queues": None if capacity.queues is None else sorted(capacity.queues),
+        }
+        fsutil.write_all(fd, json.dumps(info).encode())
+
+        def unregister() -> None:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+
+        return unregister
+
+    def workers(self) -> list[dict[str, Any]]:
+        live = []
+        try:
+            entries = list(os.scandir(self.root / "workers"))
+        except FileNotFoundError:
+            return []
+        for entry in entries:
+            try:
+                fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                continue  # nobody holds it: that worker is gone
+            except BlockingIOError:
+                pass  # held: alive
+            finally:
+                data = os.read(fd, 4096)
+                os.close(fd)
+            try:
+                live.append(json.loads(data))
+            except ValueError:
+                continue  # still being written
+        return live
 
     def set_paused(self, queue: str, paused: bool) -> None:
         with self._transaction() as hot:
