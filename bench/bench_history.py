@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _benchlib import JOBCTL, Sandbox, arguments, load, machine, median, ms, p90, secs, table, verdict  # noqa: E402
 
-from jobctl.model import FINISHED, State, Usage, WorkerRef, transition  # noqa: E402
+from jobctl.model import FINISHED, Job, State, Usage, WorkerRef, transition  # noqa: E402
 from jobctl.scheduler import Capacity  # noqa: E402
 from jobctl.store.base import Guarded, JobSpec  # noqa: E402
 from jobctl.store.jsonfile import SHARD_SIZE, JsonStore, encode_line  # noqa: E402
@@ -49,12 +49,8 @@ BATCH = 10_000
 
 
 def spec(cwd: str, env: dict[str, str]) -> JobSpec:
-    return JobSpec(
-        command=("true",),
-        cwd=cwd,
-        env=env,
-        submitter={"user": "bench", "host": socket.gethostname(), "pid": os.getpid()},
-    )
+    submitter = {"user": "bench", "host": socket.gethostname(), "pid": os.getpid()}
+    return JobSpec(Job(id=0, command=("true",), cwd=cwd, created_at=0.0, submitter=submitter), env)
 
 
 def build(store: JsonStore, n: int, cwd: str, env: dict[str, str]) -> None:

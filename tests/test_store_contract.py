@@ -23,7 +23,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
 
 
 def spec(*command: str, **kw: object) -> JobSpec:
-    return JobSpec(command=command or ("true",), cwd="/", env={"A": "1"}, **kw)  # type: ignore[arg-type]
+    return JobSpec(Job(id=0, command=command or ("true",), cwd="/", created_at=0.0, **kw), {"A": "1"})  # type: ignore[arg-type]
 
 
 def claim(store: Store, slots: int = 1, queues: list[str] | None = None) -> list[Job]:

@@ -8,7 +8,7 @@ import typer
 from jobctl.cli import render
 from jobctl.cli.app import app, parsed, session
 from jobctl.errors import UsageError
-from jobctl.model import parse_codes, parse_duration, parse_priority, parse_size
+from jobctl.model import Job, parse_codes, parse_duration, parse_priority, parse_size
 from jobctl.store.base import JobSpec
 
 
@@ -76,8 +76,9 @@ def submit(
     from jobctl.model import now, parse_job_id, parse_time
 
     not_before = now() + float(delay) if delay is not None else parse_time(at, now()) if at is not None else None
-    base = JobSpec(
-        command=(), cwd=service.resolve_cwd(cwd), env=service.capture_env(env or []),
+    captured = service.capture_env(env or [])
+    base = Job(
+        id=0, created_at=0.0, command=(), cwd=service.resolve_cwd(cwd),
         name=name, queue=queue, priority=int(priority), labels=tuple(label or ()),
         timeout_s=float(timeout) if timeout is not None else config.get("defaults.timeout"),
         max_retries=retries if retries is not None else config.get("defaults.retries"),
@@ -92,7 +93,7 @@ def submit(
     )
     from dataclasses import replace
 
-    jobs = service.submit(s.store, [replace(base, command=c) for c in commands])
+    jobs = service.submit(s.store, [JobSpec(replace(base, command=c), captured) for c in commands])
     render.ids(jobs)
     if wait:
         code, _ = service.wait(s.store, [j.id for j in jobs])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,35 +20,21 @@ from jobctl.scheduler import Capacity
 
 @dataclass(frozen=True)
 class JobSpec:
-    """Everything `submit` knows about a job before the store gives it an id."""
+    """A job as `submit` describes it, and the environment captured for it.
 
-    command: tuple[str, ...]
-    cwd: str
+    The store fills in what is its to give: the id, `created_at`, `env_ref`, and the first
+    state (`waiting` when the job has anything to wait for, else `queued`).
+    """
+
+    job: Job
     env: dict[str, str]
-    name: str | None = None
-    queue: str = "default"
-    priority: int = 0
-    max_retries: int = 0
-    timeout_s: float | None = None
-    depends_on: tuple[int, ...] = ()
-    labels: tuple[str, ...] = ()
-    cpus: int = 1
-    zip: bool = False
-    submitter: dict[str, Any] = field(default_factory=dict)
-    depends_any: tuple[int, ...] = ()
-    retry_delay_s: float = 10.0
-    retry_on: tuple[int, ...] = ()
-    not_before: float | None = None
-    held: bool = False
-    unique_key: str | None = None
-    mem_bytes: int | None = None
-    gpus: int = 0
 
     def new_job(self, job_id: int, env_ref: str, at: float) -> Job:
-        """The job this spec describes, as submitted: waiting if it has anything to wait for."""
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "env"}
-        waits = bool(self.depends_on or self.depends_any or self.held or self.not_before)
-        return Job(id=job_id, env_ref=env_ref, created_at=at, state=State.WAITING if waits else State.QUEUED, **fields)
+        j = self.job
+        waits = bool(j.depends_on or j.depends_any or j.held or j.not_before)
+        return dataclasses.replace(
+            j, id=job_id, env_ref=env_ref, created_at=at, state=State.WAITING if waits else State.QUEUED
+        )
 
 
 @dataclass(frozen=True)

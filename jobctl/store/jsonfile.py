@@ -353,27 +353,27 @@ class JsonStore:
             refs: dict[int, str] = {}
             env_refs: list[str] = []
             for spec in specs:
-                key = id(spec.env)
-                if key not in refs:
-                    refs[key] = self._save_env(spec.env)
-                env_refs.append(refs[key])
-            deps = {d for s in specs for d in (*s.depends_on, *s.depends_any)}
+                if id(spec.env) not in refs:
+                    refs[id(spec.env)] = self._save_env(spec.env)
+                env_refs.append(refs[id(spec.env)])
+            deps = {d for s in specs for d in (*s.job.depends_on, *s.job.depends_any)}
             known = self._current_many(hot, deps)
             unique = {r["unique_key"]: r for r in hot.records.values()
                       if r.get("unique_key") and r["state"] not in _FINISHED_VALUES}
             for spec, ref in zip(specs, env_refs, strict=True):
-                missing = sorted(d for d in (*spec.depends_on, *spec.depends_any) if d not in known)
+                missing = sorted(d for d in (*spec.job.depends_on, *spec.job.depends_any) if d not in known)
                 if missing:
                     raise UsageError(f"unknown dependency {missing[0]} (no such job)")
-                if spec.unique_key is not None and spec.unique_key in unique:
-                    jobs.append(Job.from_record(unique[spec.unique_key]))
+                unique_key = spec.job.unique_key
+                if unique_key is not None and unique_key in unique:
+                    jobs.append(Job.from_record(unique[unique_key]))
                     continue
                 job = spec.new_job(hot.next_id, ref, at)
                 hot.next_id += 1
                 hot.put(job, 1)
                 if job.unique_key is not None:
                     unique[job.unique_key] = hot.records[job.id]
-                hot.events.append({"at": iso(at), "job": job.id, "event": "submitted", **spec.submitter})
+                hot.events.append({"at": iso(at), "job": job.id, "event": "submitted", **(job.submitter or {})})
                 jobs.append(job)
         self.notify_workers()
         return jobs
