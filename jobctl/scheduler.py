@@ -75,7 +75,7 @@ def settle_all(
 def retry_delay(job: Job, max_delay_s: float, rng: random.Random | None = None) -> float:
     """Back-off before attempt `job.attempt + 1`: retry_delay doubled per attempt made, with
     ±10 % jitter (so many failing jobs do not retry in lockstep), capped at max_delay_s."""
-    base = job.retry_delay_s * 2 ** max(0, job.attempt - 1)
+    base = job.retry_delay_s * 2.0 ** min(max(0, job.attempt - 1), 64)  # 2**64 s: past any cap
     jitter = float((rng or random.Random()).uniform(0.9, 1.1))
     return float(min(max_delay_s, base * jitter))
 

@@ -42,6 +42,8 @@ class Launch:
     job_dir: Path
     grace_s: float
     store: str
+    hide_gpus: bool = False
+    """The worker hands out GPUs: a job that asked for none must not see any."""
 
 
 def start(launch: Launch) -> int:
@@ -103,7 +105,7 @@ def _supervise(launch: Launch) -> None:
         JOBCTL_OUTPUT_DIR=str(out_dir),
         JOBCTL_STORE=launch.store,
     )
-    if job.gpus:
+    if job.gpus or launch.hide_gpus:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in job.gpu_ids)
     _keep_earlier_logs(jd, job.attempt)
     started = now()
@@ -140,11 +142,18 @@ def _supervise(launch: Launch) -> None:
 
 
 def _keep_earlier_logs(jd: Path, attempt: int) -> None:
-    """Attempt N writes stdout.log/stderr.log; those of attempt N-1 become stdout.N-1.log."""
+    """Attempt N writes stdout.log/stderr.log; those of attempt N-1 become stdout.N-1.log.
+
+    If stdout.N-1.log exists already, stdout.log is from an interrupted run of attempt N
+    itself (a worker handed it back uncharged): that one is replaced, the real N-1 kept.
+    """
     if attempt > 1:
         for stream in ("stdout", "stderr"):
+            earlier = jd / f"{stream}.{attempt - 1}.log"
+            if earlier.exists():
+                continue
             try:
-                os.replace(jd / f"{stream}.log", jd / f"{stream}.{attempt - 1}.log")
+                os.replace(jd / f"{stream}.log", earlier)
             except FileNotFoundError:
                 pass
 

@@ -84,11 +84,13 @@ class Worker:
 
     def _timed_waits(self) -> list[float]:
         """When the delayed or backed-off jobs of this worker's queues may start (held ones
-        wait for a person, not a time)."""
+        wait for a person, not a time). A delay that has run out while the job still waits for
+        a dependency is no reason to wake: the dependency's end will be."""
+        at = now()
         return [
             j.not_before
             for j in self.store.query(states=[State.WAITING], queues=self.queues)
-            if j.not_before is not None and not j.held
+            if j.not_before is not None and j.not_before > at and not j.held
         ]
 
     def _next_due(self) -> float:
@@ -152,7 +154,9 @@ class Worker:
         except JobctlError as e:
             self._record(job, transition(job, State.FAILED, at=now(), reason="start_failed", error=str(e)))
             return
-        launch = supervisor.Launch(job=job, env=env, job_dir=jd, grace_s=self.grace_s, store=self.store.location)
+        launch = supervisor.Launch(
+            job=job, env=env, job_dir=jd, grace_s=self.grace_s, store=self.store.location, hide_gpus=bool(self.gpus)
+        )
         pid = supervisor.start(launch)
         pidfd = os.pidfd_open(pid)
         self.running[job.id] = Running(job, pid, pidfd)
