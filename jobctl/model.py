@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import shlex
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -116,6 +117,8 @@ class Job:
     gpus: int = 0
     gpu_ids: tuple[int, ...] = ()
     waiting_for: str | None = None
+    lost: int = 0
+    """Attempts whose processes vanished without a result (capped by config max_lost)."""
 
     @property
     def finished(self) -> bool:
@@ -162,6 +165,7 @@ class Job:
             "gpus": self.gpus,
             "gpu_ids": list(self.gpu_ids),
             "waiting_for": self.waiting_for,
+            "lost": self.lost,
         }
 
     @classmethod
@@ -208,6 +212,7 @@ class Job:
             gpus=r.get("gpus", 0),
             gpu_ids=tuple(r.get("gpu_ids", ())),
             waiting_for=r.get("waiting_for"),
+            lost=r.get("lost", 0),
         )
 
 
@@ -274,8 +279,16 @@ def poll_after(job: Job, at: float) -> float | None:
     return round(min(30.0, max(0.5, (at - job.created_at) / 10)), 1)
 
 
-def public_dict(job: Job, job_dir: str, at: float) -> dict[str, Any]:
-    """The SPEC's JSON object for one job (never the captured environment)."""
+def worker_alive(job: Job, live: Collection[tuple[str, int]] | None) -> bool | None:
+    """For a running job: whether its worker is among the live ones (None if not known)."""
+    if job.state is not State.RUNNING or job.worker is None or live is None:
+        return None
+    return (job.worker.host, job.worker.pid) in live
+
+
+def public_dict(job: Job, job_dir: str, at: float, live: Collection[tuple[str, int]] | None = None) -> dict[str, Any]:
+    """The SPEC's JSON object for one job (never the captured environment). `live`: the
+    (host, pid) of the live workers, to say whether a running job's worker still is."""
     return {
         "id": job.id,
         "name": job.name,
@@ -301,6 +314,7 @@ def public_dict(job: Job, job_dir: str, at: float) -> dict[str, Any]:
         "job_dir": job_dir,
         "zip_path": job.zip_path,
         "worker": None if job.worker is None else {"host": job.worker.host, "pid": job.worker.pid},
+        "worker_alive": worker_alive(job, live),
         "usage": None if job.usage is None else _usage_dict(job.usage),
         "labels": list(job.labels),
         "cpus": job.cpus,
@@ -313,6 +327,7 @@ def public_dict(job: Job, job_dir: str, at: float) -> dict[str, Any]:
         "not_before": iso(job.not_before),
         "held": job.held,
         "unique_key": job.unique_key,
+        "lost_attempts": job.lost,
         "cancel_requested": job.cancel_requested,
     }
 

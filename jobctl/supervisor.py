@@ -14,6 +14,7 @@ The timeout is enforced here too, by the parent, never by a signal inside the jo
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import select
@@ -46,12 +47,24 @@ class Launch:
     """The worker hands out GPUs: a job that asked for none must not see any."""
 
 
+LIFE_LOCK = "supervisor.lock"
+
+
 def start(launch: Launch) -> int:
-    """Fork the supervisor of one job and return its pid. Call without holding any lock."""
+    """Fork the supervisor of one job and return its pid. Call without holding the store lock.
+
+    The supervisor's life lock (`<job dir>/supervisor.lock`) is taken here, before the fork,
+    and only the child keeps it: from before the job can start until the supervisor has
+    written result.json and exited, it is held; a worker that died before forking released it
+    with its own death. So "not held" always means "no supervisor", with no race and no clock.
+    """
     sys.stdout.flush()
     sys.stderr.flush()
+    life = os.open(launch.job_dir / LIFE_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(life, fcntl.LOCK_EX)
     pid = os.fork()
     if pid:
+        os.close(life)  # the child's copy of the open file keeps the lock
         return pid
     code = 0
     try:
@@ -63,7 +76,9 @@ def start(launch: Launch) -> int:
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
-        os.closerange(3, _max_fd())  # the worker's lock files, FIFOs and pidfds are not ours
+        # The worker's lock files, FIFOs and pidfds are not ours; the life lock is.
+        os.closerange(3, life)
+        os.closerange(life + 1, _max_fd())
         _supervise(launch)
     except BaseException:
         code = 70
@@ -108,6 +123,7 @@ def _supervise(launch: Launch) -> None:
     if job.gpus or launch.hide_gpus:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in job.gpu_ids)
     _keep_earlier_logs(jd, job.attempt)
+    _record_run(jd, None, job.attempt)
     started = now()
     result: dict[str, Any] = {
         "attempt": job.attempt, "started_at": started, "exit_code": None, "signal": None,
@@ -139,6 +155,16 @@ def _supervise(launch: Launch) -> None:
         except Exception as e:  # the job's outcome stands; the worker logs why there is no zip
             result["zip_error"] = f"packaging output.zip failed: {e}"
     fsutil.atomic_write(jd / RESULT_FILE, json.dumps(result).encode(), durable=False)
+
+
+def lost(job: Job, at: float, max_lost: int) -> Job:
+    """A running job whose processes are gone without a result (host crash, reboot, killed
+    together with its worker): again if it has retries left and has not been lost `max_lost`
+    times, else failed with `worker lost`."""
+    count = job.lost + 1
+    if count < max_lost and job.attempt <= job.max_retries:
+        return transition(job, State.QUEUED, at=at, lost=count)
+    return transition(job, State.FAILED, at=at, lost=count, reason="lost", error="worker lost")
 
 
 def _keep_earlier_logs(jd: Path, attempt: int) -> None:
@@ -199,10 +225,47 @@ def _start_failure(e: OSError, job: Job) -> dict[str, Any]:
     return {"reason": "start_failed", "error": f"cannot start {name}: {e.strerror}"}
 
 
-def _record_run(jd: Path, job_pid: int, attempt: int) -> None:
-    """Who to signal for this job, with start times so a recycled pid is never signalled."""
-    info = {"attempt": attempt, "supervisor": _ident(os.getpid()), "job": _ident(job_pid)}
+def _record_run(jd: Path, job_pid: int | None, attempt: int) -> None:
+    """Who to signal for this job: pids with their start times and the boot id, so that a
+    recycled pid (or one from before a reboot) is never taken for ours."""
+    info = {
+        "attempt": attempt, "boot_id": boot_id(), "supervisor": _ident(os.getpid()),
+        "job": None if job_pid is None else _ident(job_pid),
+    }
     fsutil.atomic_write(jd / RUN_FILE, json.dumps(info).encode(), durable=False)
+
+
+def boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def supervisor_alive(jd: Path) -> bool:
+    """Whether a supervisor still holds the job directory's life lock (see `start`)."""
+    try:
+        fd = os.open(jd / LIFE_LOCK, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def read_run(jd: Path, attempt: int) -> dict[str, Any] | None:
+    """run.json of this attempt, if it is there and from this boot."""
+    try:
+        info: dict[str, Any] = json.loads((jd / RUN_FILE).read_bytes())
+    except (FileNotFoundError, ValueError):
+        return None
+    if info.get("attempt") != attempt or info.get("boot_id") != boot_id():
+        return None
+    return info
 
 
 def _ident(pid: int) -> dict[str, Any]:
@@ -339,12 +402,9 @@ def signal_running(jd: Path, attempt: int, sig: int) -> bool:
     """
     import psutil
 
-    try:
-        info = json.loads((jd / RUN_FILE).read_bytes())
-    except (FileNotFoundError, ValueError):
-        return False
-    sup = info.get("supervisor", {})
-    if info.get("attempt") != attempt or sup.get("create_time") is None:
+    info = read_run(jd, attempt)
+    sup = {} if info is None else info.get("supervisor", {})
+    if sup.get("create_time") is None:
         return False
     try:
         proc = psutil.Process(sup["pid"])

@@ -13,8 +13,9 @@ import os
 import selectors
 import signal
 import socket
+import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,8 @@ class Running:
     supervisor_pid: int
     pidfd: int
     stop_sent: bool = False
+    adopted: bool = False
+    """Started by a worker that died: not our child, so not ours to waitpid()."""
 
 
 def read_result(jd: Path, attempt: int) -> dict[str, Any] | None:
@@ -57,12 +60,15 @@ class Worker:
         gpus: Sequence[int] = (),
         queue_limits: Mapping[str, int] | None = None,
         retry_max_delay_s: float = 3600.0,
+        max_lost: int = 3,
     ) -> None:
         self.store = store
         self.concurrency = concurrency
         self.gpus = tuple(gpus)
         self.queue_limits = dict(queue_limits or {})
         self.retry_max_delay_s = retry_max_delay_s
+        self.max_lost = max_lost
+        self.last_orphan_check = float("-inf")
         self.queues = None if not queues else frozenset(queues)
         self.exit_when_idle = exit_when_idle
         self.grace_s = grace_s
@@ -109,6 +115,7 @@ class Worker:
         queues = ", ".join(sorted(self.queues)) if self.queues else "all queues"
         gpus = f", GPUs {','.join(map(str, self.gpus))}" if self.gpus else ""
         self.log(f"worker {self.ref.host}:{self.ref.pid} started: {self.concurrency} slots{gpus}, {queues}")
+        self._adopt_orphans()
         try:
             while True:
                 started = self._fill() if not self.stopping else 0
@@ -125,6 +132,8 @@ class Worker:
                     else:
                         self._reap(key.data)
                 self._check_cancels()
+                if time.monotonic() - self.last_orphan_check >= POLL_S:
+                    self._adopt_orphans()
         finally:
             unregister()
             self.sel.close()
@@ -167,13 +176,63 @@ class Worker:
         run = self.running.pop(job_id)
         self.sel.unregister(run.pidfd)
         os.close(run.pidfd)
-        os.waitpid(run.supervisor_pid, 0)
+        if not run.adopted:
+            os.waitpid(run.supervisor_pid, 0)
         job = run.job
         result = read_result(job_dir(self.store.root, job.id), job.attempt)
         if result is not None and result.get("zip_error"):
             self.log(f"job {job.id}: {result['zip_error']}")
         new = supervisor.outcome(job, result, now(), retry_max_delay_s=self.retry_max_delay_s)
         self._record(job, new, None if result is None else result["error"])
+
+    def _adopt_orphans(self) -> None:
+        """Take over the running jobs of this host whose worker is dead (its flock is gone).
+
+        A job whose supervisor is still alive is watched until it ends and its result is
+        recorded as usual; one whose supervisor is gone has its result.json read, and if it
+        left none, the attempt is lost (supervisor.lost). Adoption is a guarded write, so of
+        several workers starting at once exactly one takes each job.
+        """
+        self.last_orphan_check = time.monotonic()
+        live = {(w["host"], w["pid"]) for w in self.store.workers()}
+        for job in self.store.query(states=[State.RUNNING]):
+            owner = job.worker
+            if owner is None or owner.host != self.ref.host or job.id in self.running:
+                continue
+            if owner == self.ref:  # adopted earlier, its supervisor had not recorded itself yet
+                self._watch_adopted(job)
+                continue
+            if (owner.host, owner.pid) in live:
+                continue
+            mine = replace(job, worker=self.ref)
+            try:
+                self.store.update([Guarded(mine, State.RUNNING, job.attempt, expect_worker=owner)])
+            except Conflict:
+                continue  # another worker took it, or it moved on
+            self.log(f"job {job.id}: adopted from dead worker {owner.host}:{owner.pid}")
+            self._watch_adopted(mine)
+
+    def _watch_adopted(self, job: Job) -> None:
+        jd = job_dir(self.store.root, job.id)
+        if supervisor.supervisor_alive(jd):  # first: it writes result.json before it lets go
+            info = supervisor.read_run(jd, job.attempt)
+            pid: int | None = None if info is None else info["supervisor"]["pid"]
+            try:
+                pidfd = -1 if pid is None else os.pidfd_open(pid)
+            except ProcessLookupError:
+                pidfd = -1
+            if pid is not None and pidfd >= 0:
+                self.running[job.id] = Running(job, pid, pidfd, adopted=True)
+                self.sel.register(pidfd, selectors.EVENT_READ, job.id)
+                return
+            if supervisor.supervisor_alive(jd):
+                return  # between its fork and run.json: the next check looks again
+        result = read_result(jd, job.attempt)
+        if result is not None:
+            self._record(job, supervisor.outcome(job, result, now(), retry_max_delay_s=self.retry_max_delay_s),
+                         result["error"])
+        else:
+            self._record(job, supervisor.lost(job, now(), self.max_lost))
 
     def _record(self, job: Job, new: Job, attempt_error: str | None = None) -> None:
         try:

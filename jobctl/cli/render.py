@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
 from jobctl.jobdir import job_dir
-from jobctl.model import Job, State, command_line, format_duration, format_size, iso, now, public_dict
+from jobctl.model import Job, State, command_line, format_duration, format_size, iso, now, public_dict, worker_alive
 
 STATE_STYLE = {
     State.QUEUED: "cyan",
@@ -40,9 +40,12 @@ def json_out(obj: Any) -> None:
     sys.stdout.write("\n")
 
 
-def jobs_json(jobs: Sequence[Job], root: Path) -> None:
+Live = Collection[tuple[str, int]]
+
+
+def jobs_json(jobs: Sequence[Job], root: Path, live: Live) -> None:
     at = now()
-    json_out([public_dict(j, str(job_dir(root, j.id)), at) for j in jobs])
+    json_out([public_dict(j, str(job_dir(root, j.id)), at, live) for j in jobs])
 
 
 def ago(ts: float | None, at: float) -> str:
@@ -62,9 +65,11 @@ def command_text(job: Job) -> str:
     return job.name or command_line(job.command)
 
 
-def outcome_text(job: Job) -> str:
+def outcome_text(job: Job, live: Live) -> str:
     if job.state is State.COMPLETED:
         return "exit 0"
+    if worker_alive(job, live) is False:
+        return "worker gone"  # `status ID` says what happens next
     if job.error:
         return job.error
     if job.state is State.RUNNING and job.cancel_requested:
@@ -72,7 +77,7 @@ def outcome_text(job: Job) -> str:
     return job.waiting_for or ""
 
 
-def jobs_table(jobs: Sequence[Job], *, color: bool, hidden: int) -> None:
+def jobs_table(jobs: Sequence[Job], live: Live, *, color: bool, hidden: int) -> None:
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
@@ -81,7 +86,7 @@ def jobs_table(jobs: Sequence[Job], *, color: bool, hidden: int) -> None:
     console = Console(no_color=not color, highlight=False, soft_wrap=False)
     rows = [
         (str(j.id), j.state.value, j.queue, str(j.priority), command_text(j), ago(j.created_at, at),
-         elapsed(j, at), outcome_text(j))
+         elapsed(j, at), outcome_text(j, live))
         for j in jobs
     ]
     headers = ("ID", "STATE", "QUEUE", "PRI", "COMMAND", "SUBMITTED", "TIME", "RESULT")
@@ -106,9 +111,9 @@ def jobs_table(jobs: Sequence[Job], *, color: bool, hidden: int) -> None:
         console.print(Text(f"({hidden} older finished jobs not shown; --all or --limit N for more)", style="dim"))
 
 
-def job_detail(job: Job, root: Path) -> None:
+def job_detail(job: Job, root: Path, live: Live) -> None:
     """The full record of one job as `key: value` lines (never the environment)."""
-    d = public_dict(job, str(job_dir(root, job.id)), now())
+    d = public_dict(job, str(job_dir(root, job.id)), now(), live)
     lines = []
     for key, value in d.items():
         if key == "command":
@@ -121,7 +126,8 @@ def job_detail(job: Job, root: Path) -> None:
             p = job.progress
             value = None if p.percent is None and p.message is None else f"{p.percent or 0:.0f}% {p.message or ''}".strip()
         elif key == "worker" and job.worker is not None:
-            value = f"{job.worker.host} pid {job.worker.pid}"
+            gone = " (gone; the next worker on that host adopts the job)" if worker_alive(job, live) is False else ""
+            value = f"{job.worker.host} pid {job.worker.pid}{gone}"
         elif isinstance(value, list):
             value = ", ".join(str(v) for v in value) or None
         lines.append(f"{key + ':':18} {'-' if value is None else value}")

@@ -37,19 +37,20 @@ def status(
     except ValueError:
         raise UsageError(f"invalid --state (one of {', '.join(State)})") from None
     store = s.store
+    live = {(w["host"], w["pid"]) for w in store.workers()}
     if ids:
         jobs = [store.get(i) for i in parse_ids(ids)]
         if as_json:
-            render.jobs_json(jobs, store.root)
+            render.jobs_json(jobs, store.root, live)
         else:
             for n, job in enumerate(jobs):
                 if n:
                     render.out("")
-                render.job_detail(job, store.root)
+                render.job_detail(job, store.root, live)
         return
     jobs = store.query(states=states or None, queues=queue or None)
     if as_json:
-        render.jobs_json(jobs, store.root)
+        render.jobs_json(jobs, store.root, live)
         return
     hidden = 0
     if not all_:
@@ -59,4 +60,4 @@ def status(
         hidden = len(dropped)
         jobs = [j for j in jobs if j.id not in dropped]
     color = not no_color and "NO_COLOR" not in os.environ and sys.stdout.isatty()
-    render.jobs_table(jobs, color=color, hidden=hidden)
+    render.jobs_table(jobs, live, color=color, hidden=hidden)

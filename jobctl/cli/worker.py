@@ -41,6 +41,7 @@ def worker(
         gpus=gpu_ids,
         queue_limits=s.config.queue_limits(),
         retry_max_delay_s=s.config.get("retry_max_delay"),
+        max_lost=s.config.get("max_lost"),
     )
     raise typer.Exit(w.run())
 

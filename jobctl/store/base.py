@@ -44,6 +44,8 @@ class Guarded:
     job: Job
     expect_state: State
     expect_attempt: int
+    expect_worker: WorkerRef | None = None
+    """If given, the stored job must also still belong to this worker (adoption)."""
 
 
 class Waker(Protocol):

@@ -421,7 +421,12 @@ class JsonStore:
                 cur = current.get(change.job.id)
                 if cur is None:
                     raise NotFound(f"no job {change.job.id}")
-                if cur["state"] != change.expect_state.value or cur["attempt"] != change.expect_attempt:
+                worker = cur.get("worker")
+                if (
+                    cur["state"] != change.expect_state.value
+                    or cur["attempt"] != change.expect_attempt
+                    or (change.expect_worker is not None and (worker is None or WorkerRef(**worker) != change.expect_worker))
+                ):
                     raise Conflict(
                         f"job {change.job.id} is {cur['state']} (attempt {cur['attempt']}), "
                         f"not {change.expect_state.value} (attempt {change.expect_attempt})"

@@ -1,0 +1,154 @@
+"""Crashes cost nothing: workers killed with SIGKILL, jobs adopted, lost attempts, floods."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+from pathlib import Path
+
+import psutil
+
+from tests.helpers import JOBCTL, cli, job, jobs, submit, wait_until
+
+
+def run_info(store: Path, job_id: int) -> dict:
+    return json.loads((store / "jobs" / str(job_id) / "run.json").read_text())
+
+
+def started(store: Path, job_id: int) -> bool:
+    try:
+        return run_info(store, job_id)["job"] is not None
+    except (FileNotFoundError, ValueError):
+        return False
+
+
+def kill9(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def test_a_killed_workers_running_jobs_are_adopted_and_complete_once(workers, jobctl_env: Path, tmp_path: Path) -> None:
+    go, effects = tmp_path / "go", tmp_path / "effects"
+    ids = [submit("sh", "-c", f"while [ ! -e {go} ]; do sleep 0.05; done; echo $JOBCTL_JOB_ID >> {effects}")
+           for _ in range(2)]
+    first = workers.start("--concurrency", "2")
+    wait_until(lambda: all(started(jobctl_env, i) for i in ids), what="both jobs started")
+    first.kill()
+    first.wait(timeout=10)
+    # status does not lie: the jobs still run, their worker is gone
+    assert {j["id"]: (j["state"], j["worker_alive"]) for j in jobs()} == {i: ("running", False) for i in ids}
+    assert [line.split()[-2:] for line in cli("status").stdout.splitlines()[1:]] == [["worker", "gone"]] * 2
+    assert "(gone; the next worker on that host adopts the job)" in cli("status", str(ids[0])).stdout
+    second = workers.start("--concurrency", "2")
+    wait_until(lambda: all(job(i)["worker"]["pid"] == second.pid for i in ids), what="adoption")
+    assert all(job(i)["state"] == "running" and job(i)["worker_alive"] for i in ids)
+    go.touch()
+    wait_until(lambda: all(job(i)["state"] == "completed" for i in ids), what="both completed")
+    assert sorted(int(x) for x in effects.read_text().split()) == ids
+    assert [job(i)["attempt"] for i in ids] == [1, 1]
+
+
+def test_jobs_lost_with_their_worker_retry_or_fail_with_worker_lost(workers, jobctl_env: Path, tmp_path: Path) -> None:
+    mark = tmp_path / "ran"
+    again = submit("sh", "-c", f'echo $JOBCTL_ATTEMPT >> {mark}; [ "$JOBCTL_ATTEMPT" = 2 ] || sleep 300',
+                   opts=("--retries", "1"))
+    once = submit("sleep", "300")
+    first = workers.start("--concurrency", "2")
+    wait_until(lambda: started(jobctl_env, again) and started(jobctl_env, once), what="both started")
+    # a host crash, as far as these jobs can tell: worker, supervisors and jobs all gone
+    first.kill()
+    for i in (again, once):
+        info = run_info(jobctl_env, i)
+        kill9(info["supervisor"]["pid"])
+        os.killpg(info["job"]["pid"], signal.SIGKILL)
+    first.wait(timeout=10)
+    workers.start("--concurrency", "2", "--exit-when-idle")
+    wait_until(lambda: job(again)["state"] == "completed" and job(once)["state"] == "failed", what="outcomes")
+    assert (job(again)["attempt"], job(again)["lost_attempts"]) == (2, 1)
+    assert mark.read_text().split() == ["1", "2"]
+    record = job(once)
+    assert (record["error"], record["reason"], record["lost_attempts"]) == ("worker lost", "lost", 1)
+    assert cli("wait", str(once), ok=False).returncode == 125
+
+
+def test_a_job_lost_again_and_again_fails_after_max_lost(workers, jobctl_env: Path) -> None:
+    cli("config", "set", "max_lost", "2")
+    i = submit("sleep", "300", opts=("--retries", "10"))
+    for round_ in range(2):
+        proc = workers.start()
+        wait_until(lambda n=round_ + 1: job(i)["state"] == "running" and started(jobctl_env, i)
+                   and run_info(jobctl_env, i)["attempt"] == n, what=f"attempt {round_ + 1}")
+        info = run_info(jobctl_env, i)
+        proc.kill()
+        kill9(info["supervisor"]["pid"])
+        os.killpg(info["job"]["pid"], signal.SIGKILL)
+        proc.wait(timeout=10)
+    workers.start("--exit-when-idle").wait(timeout=30)
+    record = job(i)
+    assert (record["state"], record["error"], record["attempt"], record["lost_attempts"]) == ("failed", "worker lost", 2, 2)
+
+
+def test_ten_worker_kills_during_150_jobs_run_each_exactly_once(workers, jobctl_env: Path, tmp_path: Path) -> None:
+    effects = tmp_path / "effects"
+    lines = "".join(f"sleep 0.0{n % 5}; echo $JOBCTL_JOB_ID >> {effects}\n" for n in range(150))
+    subprocess.run([JOBCTL, "submit", "--from", "-"], input=lines, text=True, check=True, capture_output=True)
+    rng = random.Random(7)
+    for _ in range(10):
+        proc = workers.start("--concurrency", "2")
+        done_before = len(effects.read_text().split()) if effects.exists() else 0
+        target = done_before + rng.randint(1, 6)
+        wait_until(lambda t=target: (len(effects.read_text().split()) if effects.exists() else 0) >= min(t, 150),
+                   timeout=30, what="some progress")
+        proc.kill()
+        proc.wait(timeout=10)
+    workers.start("--concurrency", "2", "--exit-when-idle").wait(timeout=120)
+    assert {j["state"] for j in jobs()} == {"completed"}
+    ran = [int(x) for x in effects.read_text().split()]
+    assert sorted(ran) == list(range(1, 151))  # every job, each exactly once
+    assert {j["attempt"] for j in jobs()} == {1}
+
+
+def test_three_workers_never_run_a_job_twice(workers, tmp_path: Path) -> None:
+    effects = tmp_path / "effects"
+    lines = "".join(f"echo $JOBCTL_JOB_ID >> {effects}\n" for _ in range(300))
+    subprocess.run([JOBCTL, "submit", "--from", "-"], input=lines, text=True, check=True, capture_output=True)
+    procs = [workers.start("--concurrency", "2", "--exit-when-idle") for _ in range(3)]
+    for proc in procs:
+        assert proc.wait(timeout=120) == 0
+    assert sorted(int(x) for x in effects.read_text().split()) == list(range(1, 301))
+    assert len({j["worker"]["pid"] for j in jobs()}) == 3
+
+
+def test_a_200_mb_output_flood_leaves_the_worker_small(workers) -> None:
+    i = submit("sh", "-c", "head -c 200000000 /dev/zero")
+    proc = workers.start()
+    peak = 0
+    def done() -> bool:
+        nonlocal peak
+        peak = max(peak, psutil.Process(proc.pid).memory_info().rss)
+        return job(i)["state"] == "completed"
+    wait_until(done, timeout=60, interval=0.02, what="the flood to end")
+    assert (Path(job(i)["job_dir"]) / "stdout.log").stat().st_size == 200_000_000
+    assert peak < 150 * 1024 * 1024
+
+
+def test_submitters_killed_at_random_moments_lose_no_printed_id(jobctl_env: Path) -> None:
+    rng = random.Random(11)
+    printed: list[int] = []
+    loop = f'while :; do "{JOBCTL}" submit -- true || exit 1; done'
+    for _ in range(12):
+        proc = subprocess.Popen(["sh", "-c", loop], stdout=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            proc.communicate(timeout=rng.uniform(0.2, 0.6))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # the shell and the submit it is running, mid-write
+            out, _ = proc.communicate()
+        printed += [int(x) for x in out.split()]
+    assert printed and len(set(printed)) == len(printed)
+    stored = {j["id"] for j in jobs()}  # the store loads...
+    assert set(printed) <= stored  # ...and holds every id that was printed
