@@ -69,6 +69,7 @@ def start(launch: Launch) -> int:
     code = 0
     try:
         os.setsid()
+        _become_subreaper()
         # Not the worker's terminal or pipes: a long job must not hold them open.
         devnull = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
@@ -89,6 +90,37 @@ def start(launch: Launch) -> int:
             pass
     finally:
         os._exit(code)
+
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def _become_subreaper() -> None:
+    """Orphans of the job (a daemon that double-forked and left the job's session) are
+    re-parented to this supervisor instead of init, so a stop finds and kills them (Linux)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: the job's process group is all a stop reaches
+
+
+def _stop_tree(pgid: int, sig: int) -> None:
+    """Signal the job's process group and every process below this supervisor (including
+    daemons that left the group and were re-parented here)."""
+    import psutil
+
+    _killpg(pgid, sig)
+    try:
+        below = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        below = []
+    for proc in below:
+        try:
+            proc.send_signal(sig)
+        except psutil.Error:
+            pass
 
 
 def _max_fd() -> int:
@@ -225,6 +257,17 @@ def _start_failure(e: OSError, job: Job) -> dict[str, Any]:
     return {"reason": "start_failed", "error": f"cannot start {name}: {e.strerror}"}
 
 
+def _reap_orphans() -> None:
+    """Collect the exit status of re-parented orphans that have died, so none stays a zombie."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
 def _record_run(jd: Path, job_pid: int | None, attempt: int) -> None:
     """Who to signal for this job: pids with their start times and the boot id, so that a
     recycled pid (or one from before a reboot) is never taken for ours."""
@@ -318,16 +361,17 @@ def _watch(proc: subprocess.Popen[bytes], launch: Launch, wake_r: int, requested
         elif reason is None and deadline is not None and time.monotonic() >= deadline:
             reason = "timeout"
         if reason is not None and kill_at is None and not killed:
-            _killpg(proc.pid, signal.SIGTERM)
+            _stop_tree(proc.pid, signal.SIGTERM)
             kill_at = time.monotonic() + launch.grace_s
         elif kill_at is not None and time.monotonic() >= kill_at:
-            _killpg(proc.pid, signal.SIGKILL)
+            _stop_tree(proc.pid, signal.SIGKILL)
             kill_at, killed = None, True
     _, status, ru = os.wait4(proc.pid, 0)
     os.close(pidfd)
     proc.returncode = 0  # reaped here; keep Popen from waiting again
     if reason is not None:
-        _killpg(proc.pid, signal.SIGKILL)  # stragglers: background children of a stopped job
+        _stop_tree(proc.pid, signal.SIGKILL)  # stragglers: background children, daemons
+        _reap_orphans()
     usage = {
         "cpu_user_s": round(ru.ru_utime, 3),
         "cpu_sys_s": round(ru.ru_stime, 3),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.helpers import JOBCTL, cli, job, jobs, submit, wait_until
+from tests.helpers import JOBCTL, cli, job, jobs, pid_alive, submit, wait_until
 
 
 def run_info(store: Path, job_id: int) -> dict:
@@ -152,3 +152,29 @@ def test_submitters_killed_at_random_moments_lose_no_printed_id(jobctl_env: Path
     assert printed and len(set(printed)) == len(printed)
     stored = {j["id"] for j in jobs()}  # the store loads...
     assert set(printed) <= stored  # ...and holds every id that was printed
+
+
+def test_a_job_that_daemonizes_out_of_its_session_is_still_killed_on_cancel(workers, tmp_path: Path) -> None:
+    cli("config", "set", "kill_grace", "1s")
+    daemon_pid = tmp_path / "daemon"
+    # double fork + setsid: the daemon leaves the job's process group and session
+    script = f"setsid sh -c 'echo $$ > {daemon_pid}; exec sleep 300' & sleep 300"
+    i = submit("sh", "-c", script)
+    workers.start()
+    wait_until(lambda: daemon_pid.exists() and daemon_pid.read_text().strip(), what="daemon started")
+    pid = int(daemon_pid.read_text())
+    assert os.getsid(pid) == pid  # its own session, outside the job's process group
+    cli("cancel", str(i))
+    wait_until(lambda: not pid_alive(pid), timeout=3, what="the daemon gone")
+    assert job(i)["state"] == "cancelled"
+
+
+def test_a_daemonized_child_dies_with_a_timeout_too(workers, tmp_path: Path) -> None:
+    daemon_pid = tmp_path / "daemon"
+    i = submit("sh", "-c", f"setsid sh -c 'echo $$ > {daemon_pid}; exec sleep 300' & sleep 300",
+               opts=("--timeout", "1"))
+    workers.start()
+    wait_until(lambda: job(i)["state"] == "failed", what="the timeout")
+    assert job(i)["error"] == "timed out after 1s"
+    pid = int(daemon_pid.read_text())
+    wait_until(lambda: not pid_alive(pid), timeout=3, what="the daemon gone")
