@@ -41,7 +41,10 @@ class Session:
     def store(self) -> Store:
         from jobctl.store import open_store
 
-        return open_store(self.location, self.config)
+        store = open_store(self.location, self.config)
+        for warning in store.warnings:
+            print(f"jobctl: warning: {warning}", file=sys.stderr)
+        return store
 
 
 def session(ctx: typer.Context) -> Session:

@@ -64,6 +64,9 @@ class Store(Protocol):
     location: str
     """What the user passes as --store to reach this store (a path or a URL)."""
 
+    warnings: list[str]
+    """Things the user must know about this store (e.g. it is on a network filesystem)."""
+
     def submit(self, specs: Sequence[JobSpec], *, at: float) -> list[Job]:
         """Allocate ids and store the jobs, all or none, durably before returning.
 
@@ -125,6 +128,10 @@ class Store(Protocol):
 
     def prune(self) -> int:
         """Drop data no stored job refers to any more (captured environments); returns how many."""
+
+    def check(self) -> list[tuple[str, str]]:
+        """Read everything, change nothing: (level, text) findings, level `ok`, `note`
+        (harmless, repaired or explained) or `damage` (needs a person)."""
 
     def append_history(self, events: Sequence[dict[str, Any]]) -> None:
         """Add events to the audit trail (append-only)."""

@@ -89,7 +89,15 @@ class JsonStore:
         self._state = root / "state.json"
         self._done = root / "done"
         self._env = root / "env"
+        self.warnings: list[str] = []
         self._open()
+        kind = fsutil.filesystem_type(root)
+        if kind in fsutil.NETWORK_FILESYSTEMS:
+            self.warnings.append(
+                f"store {root} is on a network filesystem ({kind}): its locks and fsync may not hold "
+                "across machines, so jobs can be lost or run twice. Keep the JSON store on a local disk "
+                "(several machines: use a PostgreSQL store)"
+            )
 
     # --- opening and locking -----------------------------------------------------------
 
@@ -527,6 +535,56 @@ class JsonStore:
     def paused(self) -> frozenset[str]:
         return frozenset(self._read_hot().paused)
 
+    def check(self) -> list[tuple[str, str]]:
+        findings: list[tuple[str, str]] = [("note", w) for w in self.warnings]
+        try:
+            hot = self._read_hot()
+        except StoreDamaged as e:
+            return [*findings, ("damage", str(e))]
+        findings.append(("ok", f"{self._state}: {len(hot.records)} job(s), next id {hot.next_id}"))
+        stored = dict(hot.records)
+        for n in self._shards():
+            path = self._shard_path(n)
+            lines = path.read_bytes().split(b"\n")
+            bad = []
+            for i, line in enumerate(lines):
+                if not line:
+                    continue
+                try:
+                    rec = decode_line(line)
+                except ValueError:
+                    if i == len(lines) - 1:
+                        findings.append(("note", f"{path}: an interrupted append left a torn last line; "
+                                                 "the next write repairs it (its jobs are still in state.json)"))
+                    else:
+                        bad.append(i + 1)
+                    continue
+                stored.setdefault(rec["id"], rec)
+            if bad:
+                shown = ", ".join(map(str, bad[:10])) + (" …" if len(bad) > 10 else "")
+                findings.append(("damage", f"{path}: {len(bad)} damaged line(s): {shown}"))
+            else:
+                findings.append(("ok", f"{path}: {len(lines) - 1} line(s)"))
+        for entry in os.scandir(self._env):
+            data = Path(entry.path).read_bytes()
+            if entry.name.endswith(".json") and hashlib.sha256(data).hexdigest()[:32] != entry.name[:-5]:
+                findings.append(("damage", f"{entry.path}: content does not match its name (checksum)"))
+        missing_env = sorted({r["env_ref"] for r in stored.values() if r["state"] not in _FINISHED_VALUES}
+                             - {e.name[:-5] for e in os.scandir(self._env)})
+        for ref in missing_env:
+            findings.append(("damage", f"{self._env / (ref + '.json')}: missing; unfinished jobs need it to start"))
+        live = {(w["host"], w["pid"]) for w in self.workers()}
+        orphans = [r["id"] for r in stored.values() if r["state"] == "running" and r.get("worker")
+                   and (r["worker"]["host"], r["worker"]["pid"]) not in live]
+        if orphans:
+            findings.append(("note", f"running job(s) {', '.join(map(str, sorted(orphans)))} have lost their "
+                                     "worker: the next `jobctl worker` on that host adopts them"))
+        leftovers = [i for i in _dir_ids(self.root / "jobs") if i < hot.next_id and i not in stored]
+        if leftovers:
+            findings.append(("note", f"{len(leftovers)} job director(y/ies) without a record: "
+                                     "`jobctl cleanup` removes them"))
+        return findings
+
     def next_id(self) -> int:
         return self._read_hot().next_id
 
@@ -553,6 +611,13 @@ class JsonStore:
 
 
 _FINISHED_VALUES = frozenset(s.value for s in FINISHED)
+
+
+def _dir_ids(path: Path) -> list[int]:
+    try:
+        return [int(e.name) for e in os.scandir(path) if e.name.isdigit()]
+    except FileNotFoundError:
+        return []
 
 
 def _cut_torn_tail(path: Path) -> None:

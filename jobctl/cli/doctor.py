@@ -1,0 +1,32 @@
+"""`jobctl doctor`: check the store, change nothing, explain how to recover."""
+
+import typer
+
+from jobctl.cli import render
+from jobctl.cli.app import app, session
+from jobctl.errors import StoreDamaged
+
+RECOVERY = """\
+jobctl never rewrites, drops or "repairs" a damaged file. To recover:
+  1. stop the workers, and copy the store directory aside (cp -a STORE STORE.bak);
+  2. restore the damaged file from a backup, or
+     - for done/N.jsonl (finished jobs only): move the damaged lines out of it (each line
+       is one job: sed -n 'Np' FILE shows line N), accepting the loss of those records;
+     - for state.json: restore it from a backup; without one, move the store aside and
+       start a new one (jobctl --store NEW ...), resubmitting the unfinished jobs;
+  3. run jobctl doctor again."""
+
+
+@app.command()
+def doctor(ctx: typer.Context) -> None:
+    """Check the whole store (every record's checksum, environments, workers) and say how to
+    recover from damage. Changes nothing; exits 1 if it found damage.
+
+    Example: `jobctl doctor`.
+    """
+    findings = session(ctx).store.check()
+    for level, text in findings:
+        render.out(f"{level:6} {text}")
+    if any(level == "damage" for level, _ in findings):
+        render.note(RECOVERY)
+        raise StoreDamaged("the store is damaged (see above)")
