@@ -11,16 +11,21 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from jobctl.errors import StoreError
+
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 
 
 def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise _failed(path, e) from e
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -29,7 +34,19 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
+def _failed(path: Path, e: OSError) -> StoreError:
+    return StoreError(f"cannot write {path}: {e.strerror or e}")
+
+
 def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Raises StoreError naming `path` when a write, fsync or rename fails; never retries."""
+    try:
+        _atomic_write(path, data, durable)
+    except OSError as e:
+        raise _failed(path, e) from e
+
+
+def _atomic_write(path: Path, data: bytes, durable: bool) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
     try:
@@ -52,12 +69,15 @@ def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
 
 def append_durable(path: Path, data: bytes) -> None:
     """Append `data` and fsync. A crash may leave a torn tail, which readers recover."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, FILE_MODE)
     try:
-        write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, FILE_MODE)
+        try:
+            write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise _failed(path, e) from e
 
 
 def private_dir(path: Path) -> None:

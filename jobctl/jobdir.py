@@ -240,7 +240,8 @@ def remove(root: Path, job_id: int) -> None:
 
 
 def log_path(root: Path, job_id: int, stream: str) -> Path:
-    path = job_dir(root, job_id) / f"{stream}.log"
-    if path.is_symlink():
-        raise JobctlError(f"{path} is a symlink; jobctl does not follow it")
-    return path
+    jd = job_dir(root, job_id)
+    for path in (jd, jd / f"{stream}.log"):
+        if path.is_symlink():
+            raise JobctlError(f"{path} is a symlink; jobctl does not follow it")
+    return jd / f"{stream}.log"

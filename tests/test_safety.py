@@ -95,3 +95,26 @@ def test_a_pid_whose_start_time_differs_is_never_signalled(tmp_path: Path) -> No
     finally:
         victim.kill()
         victim.wait()
+
+
+def test_a_job_directory_replaced_by_a_symlink_is_not_followed(workers, jobctl_env: Path, tmp_path: Path) -> None:
+    i = submit("sh", "-c", "echo mine")
+    finish(workers, i)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "stdout.log").write_text("not yours\n")
+    (outside / "out").mkdir()
+    (outside / "out" / "secret").write_text("secret\n")
+    jd = jobctl_env / "jobs" / str(i)
+    import shutil
+
+    shutil.rmtree(jd)
+    jd.symlink_to(outside)
+    for args in (("logs", str(i)), ("package", str(i))):
+        proc = cli(*args, ok=False)
+        assert proc.returncode == 1 and proc.stdout == "", args
+        assert proc.stderr.startswith("jobctl: error: ") and proc.stderr.count("\n") == 1, proc.stderr
+    assert "not yours" not in cli("logs", str(i), ok=False).stdout
+    cli("cleanup", "--older-than", "0", "--quiet")
+    assert not jd.exists() and not jd.is_symlink()
+    assert (outside / "out" / "secret").read_text() == "secret\n"  # the target is untouched

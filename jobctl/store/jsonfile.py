@@ -323,7 +323,10 @@ class JsonStore:
             for n, recs in by_shard.items():
                 path = self._shard_path(n)
                 self._verify_shard(path)
-                _cut_torn_tail(path)
+                try:
+                    _cut_torn_tail(path)
+                except OSError as e:
+                    raise StoreError(f"cannot write {path}: {e.strerror or e}") from e
                 fsutil.append_durable(path, b"".join(encode_line(r) for r in recs))
             for rec in finished:
                 del hot.records[rec["id"]]
@@ -337,13 +340,17 @@ class JsonStore:
 
     def _append_events(self, events: Sequence[dict[str, Any]]) -> None:
         """The audit trail is written after the state it describes, without fsync: a power cut
-        may lose its last lines, never a job."""
+        may lose its last lines, never a job. Nor does a failed write of it fail the command:
+        the change it describes is already durable, and saying otherwise would be a lie."""
         path = self.root / "history.jsonl"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, fsutil.FILE_MODE)
         try:
-            fsutil.write_all(fd, b"".join(encode_line(e) for e in events))
-        finally:
-            os.close(fd)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, fsutil.FILE_MODE)
+            try:
+                fsutil.write_all(fd, b"".join(encode_line(e) for e in events))
+            finally:
+                os.close(fd)
+        except OSError:
+            pass
 
     def _save_env(self, env: dict[str, str]) -> str:
         data = json.dumps(env, sort_keys=True, separators=(",", ":")).encode()
