@@ -189,6 +189,12 @@ def _supervise(launch: Launch) -> None:
     fsutil.atomic_write(jd / RESULT_FILE, json.dumps(result).encode(), durable=False)
 
 
+def never_started(job: Job, at: float) -> Job:
+    """A claimed attempt whose supervisor never recorded itself (its worker died between the
+    claim and the fork): the job never ran, so it goes back to the queue uncharged."""
+    return transition(job, State.QUEUED, at=at, attempt=job.attempt - 1)
+
+
 def lost(job: Job, at: float, max_lost: int) -> Job:
     """A running job whose processes are gone without a result (host crash, reboot, killed
     together with its worker): again if it has retries left and has not been lost `max_lost`
@@ -300,13 +306,13 @@ def supervisor_alive(jd: Path) -> bool:
         os.close(fd)
 
 
-def read_run(jd: Path, attempt: int) -> dict[str, Any] | None:
-    """run.json of this attempt, if it is there and from this boot."""
+def read_run(jd: Path, attempt: int, *, any_boot: bool = False) -> dict[str, Any] | None:
+    """run.json of this attempt, if it is there and from this boot (or any, if asked)."""
     try:
         info: dict[str, Any] = json.loads((jd / RUN_FILE).read_bytes())
     except (FileNotFoundError, ValueError):
         return None
-    if info.get("attempt") != attempt or info.get("boot_id") != boot_id():
+    if info.get("attempt") != attempt or (not any_boot and info.get("boot_id") != boot_id()):
         return None
     return info
 

@@ -231,6 +231,8 @@ class Worker:
         if result is not None:
             self._record(job, supervisor.outcome(job, result, now(), retry_max_delay_s=self.retry_max_delay_s),
                          result["error"])
+        elif supervisor.read_run(jd, job.attempt, any_boot=True) is None:
+            self._record(job, supervisor.never_started(job, now()))
         else:
             self._record(job, supervisor.lost(job, now(), self.max_lost))
 

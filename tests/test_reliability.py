@@ -178,3 +178,22 @@ def test_a_daemonized_child_dies_with_a_timeout_too(workers, tmp_path: Path) -> 
     assert job(i)["error"] == "timed out after 1s"
     pid = int(daemon_pid.read_text())
     wait_until(lambda: not pid_alive(pid), timeout=3, what="the daemon gone")
+
+
+def test_a_claimed_job_whose_worker_died_before_starting_it_is_queued_again_uncharged(
+    workers, jobctl_env: Path
+) -> None:
+    # As if the worker had been killed between its claim and the fork of the supervisor:
+    # the job is `running` for a dead worker, with no supervisor and no run.json.
+    from jobctl.model import WorkerRef
+    from jobctl.scheduler import Capacity
+    from jobctl.store.jsonfile import JsonStore
+
+    i = submit("true")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    [claimed] = JsonStore(jobctl_env).claim(WorkerRef(os.uname().nodename, dead.pid), Capacity(1, 1), at=0.0)
+    assert (claimed.id, claimed.attempt) == (i, 1)
+    workers.start("--exit-when-idle").wait(timeout=30)
+    record = job(i)
+    assert (record["state"], record["attempt"], record["lost_attempts"]) == ("completed", 1, 0)
