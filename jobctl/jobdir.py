@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from jobctl import __version__
 from jobctl.errors import JobctlError
-from jobctl.model import Job, iso
+from jobctl.model import Job, Progress, iso
 
 if TYPE_CHECKING:
     import zipfile
@@ -245,3 +245,28 @@ def log_path(root: Path, job_id: int, stream: str) -> Path:
         if path.is_symlink():
             raise JobctlError(f"{path} is a symlink; jobctl does not follow it")
     return jd / f"{stream}.log"
+
+
+PROGRESS_FILE = "progress.json"
+
+
+def write_progress(jd: Path, attempt: int, percent: float | None, message: str | None, at: float) -> float | None:
+    """Record a running job's progress in its directory: atomic, no fsync, no store lock, so
+    a job can report every second. Returns the percent reported before (for milestones)."""
+    from jobctl import fsutil
+
+    before = read_progress(jd, attempt)
+    data = {"attempt": attempt, "percent": percent, "message": message, "at": at}
+    fsutil.atomic_write(jd / PROGRESS_FILE, json.dumps(data).encode(), durable=False)
+    return None if before is None else before.percent
+
+
+def read_progress(jd: Path, attempt: int) -> Progress | None:
+    """The progress this attempt reported last, if any."""
+    try:
+        data = json.loads((jd / PROGRESS_FILE).read_bytes())
+    except (FileNotFoundError, ValueError):
+        return None
+    if data.get("attempt") != attempt:
+        return None
+    return Progress(data.get("percent"), data.get("message"))

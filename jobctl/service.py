@@ -37,6 +37,22 @@ def capture_env(extra: Sequence[str]) -> dict[str, str]:
     return env
 
 
+def _who() -> str:
+    s = submitter()
+    return f"{s['user']}@{s['host']} pid {s['pid']}"
+
+
+def _ranges(ids: Sequence[int]) -> str:
+    """[1, 2, 3, 7, 9, 10] -> "1-3,7,9-10" (what cleanup removed, in a bounded line)."""
+    parts: list[str] = []
+    for i in ids:
+        if parts and parts[-1].split("-")[-1] == str(i - 1):
+            parts[-1] = f"{parts[-1].split('-')[0]}-{i}"
+        else:
+            parts.append(str(i))
+    return ",".join(parts)
+
+
 def submitter() -> dict[str, Any]:
     try:
         user = getpass.getuser()
@@ -114,12 +130,13 @@ def cancel(
                     out.finished.append(job)
                 elif job.state is State.RUNNING:
                     if not job.cancel_requested:
-                        [job] = store.update([Guarded(_with(job, cancel_requested=True), State.RUNNING, job.attempt)])
+                        [job] = store.update([Guarded(_with(job, cancel_requested=True), State.RUNNING, job.attempt,
+                                                      event={"event": "cancel requested", "by": _who()})])
                     supervisor.signal_running(jobdir.job_dir(store.root, job.id), job.attempt, signal.SIGTERM)
                     stopping.append(job)
                 else:
                     new = transition(job, State.CANCELLED, at=now(), reason="cancelled", error="cancelled")
-                    store.update([Guarded(new, job.state, job.attempt)])
+                    store.update([Guarded(new, job.state, job.attempt, event={"by": _who()})])
                     out.cancelled.append(job.id)
                 break
             except Conflict:
@@ -160,7 +177,8 @@ def retry(store: Store, ids: Sequence[int]) -> list[Job]:
     if wrong:
         listed = ", ".join(f"{j.id} ({j.state.value})" for j in wrong)
         raise JobctlError(f"only failed or cancelled jobs can be retried: {listed}")
-    changes = [Guarded(transition(j, State.WAITING, at=now(), not_before=None, held=False), j.state, j.attempt) for j in jobs]
+    changes = [Guarded(transition(j, State.WAITING, at=now(), not_before=None, held=False), j.state, j.attempt,
+                       event={"event": "retried", "by": _who()}) for j in jobs]
     store.update(changes)
     store.notify_workers()
     return [store.get(i) for i in ids]
@@ -172,9 +190,44 @@ def release(store: Store, ids: Sequence[int]) -> list[Job]:
     wrong = [j for j in jobs if not (j.held and j.state is State.WAITING)]
     if wrong:
         raise JobctlError(f"not held: {', '.join(f'{j.id} ({j.state.value})' for j in wrong)}")
-    store.update([Guarded(replace(j, held=False), State.WAITING, j.attempt) for j in jobs])
+    store.update([Guarded(replace(j, held=False), State.WAITING, j.attempt, event={"event": "released", "by": _who()})
+                  for j in jobs])
     store.notify_workers()
     return [store.get(i) for i in ids]
+
+
+# --- progress ------------------------------------------------------------------------------
+
+MILESTONES = (25.0, 50.0, 75.0, 100.0)
+
+
+def report_progress(store: Store, job_id: int, attempt: int, percent: float | None, message: str | None) -> None:
+    """`jobctl progress`, from inside a running job. Crossing 25/50/75/100 % is also
+    written to the audit trail."""
+    job = store.get(job_id)
+    if job.state is not State.RUNNING or job.attempt != attempt:
+        raise JobctlError(f"job {job_id} attempt {attempt} is not running")
+    if percent is not None and not 0 <= percent <= 100:
+        raise UsageError(f"invalid percent {percent:g} (0 to 100)")
+    at = now()
+    before = jobdir.write_progress(jobdir.job_dir(store.root, job_id), attempt, percent, message, at)
+    if percent is not None:
+        crossed = [m for m in MILESTONES if (before or 0) < m <= percent]
+        if crossed:
+            store.append_history([{"at": iso(at), "job": job_id, "event": "progress", "attempt": attempt,
+                                   "percent": crossed[-1], "message": message}])
+
+
+def with_live_progress(store: Store, jobs: Sequence[Job]) -> list[Job]:
+    """Running jobs with the progress they reported last (kept in their job directory)."""
+    out = []
+    for job in jobs:
+        if job.state is State.RUNNING:
+            live = jobdir.read_progress(jobdir.job_dir(store.root, job.id), job.attempt)
+            if live is not None:
+                job = replace(job, progress=live)
+        out.append(job)
+    return out
 
 
 # --- wait -----------------------------------------------------------------------------------
@@ -348,7 +401,9 @@ def cleanup(
         jobdir.remove(store.root, job_id)
     if removed:
         store.prune()
-        store.append_history([{"at": iso(at), "job": j.id, "event": "cleaned up"} for j in removed])
+        ids = sorted(j.id for j in removed)
+        store.prune_history(ids, {"at": iso(at), "job": None, "event": "cleaned up", "count": len(ids),
+                                  "ids": _ranges(ids), "bytes": sum(sizes[i] for i in ids), "by": _who()})
     return CleanupReport(removed, freed + sum(sizes[j.id] for j in removed), False, sizes, leftovers)
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from jobctl import fsutil
-from jobctl.model import Job, State, Usage, format_duration, format_size, now, transition
+from jobctl.model import Job, Progress, State, Usage, format_duration, format_size, now, transition
 from jobctl.scheduler import retry_delay, should_retry
 
 RUN_FILE = "run.json"
@@ -177,6 +177,11 @@ def _supervise(launch: Launch) -> None:
         _record_run(jd, proc.pid, job.attempt)
         result.update(_watch(proc, launch, wake_r, requested))
     result["finished_at"] = now()
+    from jobctl.jobdir import read_progress
+
+    last = read_progress(jd, job.attempt)
+    if last is not None:
+        result["progress"] = {"percent": last.percent, "message": last.message}
     if "usage" in result:
         result["usage"]["wall_s"] = round(result["finished_at"] - started, 3)
     if job.zip and proc is not None and result["reason"] != "requeue":
@@ -238,6 +243,8 @@ def outcome(job: Job, result: dict[str, Any] | None, at: float, *, retry_max_del
     }
     if result.get("zip_path"):
         common["zip_path"] = result["zip_path"]
+    if result.get("progress"):
+        common["progress"] = Progress(result["progress"]["percent"], result["progress"]["message"])
     if result["reason"] == "requeue":
         return transition(job, State.QUEUED, at=at, attempt=job.attempt - 1, started_at=None)
     if result["reason"] == "cancelled":

@@ -206,7 +206,8 @@ class Worker:
                 continue
             mine = replace(job, worker=self.ref)
             try:
-                self.store.update([Guarded(mine, State.RUNNING, job.attempt, expect_worker=owner)])
+                self.store.update([Guarded(mine, State.RUNNING, job.attempt, expect_worker=owner,
+                                           event={"event": "adopted", "from": f"{owner.host}:{owner.pid}"})])
             except Conflict:
                 continue  # another worker took it, or it moved on
             self.log(f"job {job.id}: adopted from dead worker {owner.host}:{owner.pid}")

@@ -5,11 +5,12 @@ from typing import Annotated
 
 import typer
 
-from jobctl.cli import render
+from jobctl.cli import complete, render
 from jobctl.cli.app import app, session
 from jobctl.errors import JobctlError, UsageError
 
-IdsArg = Annotated[list[str] | None, typer.Argument(metavar="ID...", help="Job ids.", show_default=False)]
+IdsArg = Annotated[list[str] | None, typer.Argument(metavar="ID...", help="Job ids.", show_default=False,
+                                                   autocompletion=complete.job_ids)]
 
 
 @app.command()
@@ -17,7 +18,7 @@ def cancel(
     ctx: typer.Context,
     ids: IdsArg = None,
     all_: Annotated[bool, typer.Option("--all", help="Cancel every unfinished job (of --queue).")] = False,
-    queue: Annotated[str | None, typer.Option(metavar="QUEUE", help="With --all: only this queue.")] = None,
+    queue: Annotated[str | None, typer.Option(metavar="QUEUE", help="With --all: only this queue.", autocompletion=complete.queues)] = None,
 ) -> None:
     """Cancel jobs: queued and waiting ones at once, running ones by stopping their processes.
 
@@ -69,7 +70,7 @@ def wait(
 @app.command()
 def logs(
     ctx: typer.Context,
-    job_id: Annotated[str, typer.Argument(metavar="ID", help="Job id.")],
+    job_id: Annotated[str, typer.Argument(metavar="ID", help="Job id.", autocompletion=complete.job_ids)],
     stderr: Annotated[bool, typer.Option("--stderr", help="Show stderr instead of stdout.")] = False,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing output until the job finishes.")] = False,
     tail: Annotated[int | None, typer.Option("--tail", "-n", metavar="N", min=0, help="Only the last N lines.")] = None,

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from jobctl.cli import render
+from jobctl.cli import complete, render
 from jobctl.cli.app import app, session
 from jobctl.errors import UsageError
 
@@ -49,7 +49,7 @@ def cleanup(
 @app.command()
 def package(
     ctx: typer.Context,
-    job_id: Annotated[str, typer.Argument(metavar="ID", help="Job id.")],
+    job_id: Annotated[str, typer.Argument(metavar="ID", help="Job id.", autocompletion=complete.job_ids)],
     include: Annotated[list[str] | None, typer.Option("--include", metavar="GLOB", help="Only files matching (repeatable), relative to out/.")] = None,
     exclude: Annotated[list[str] | None, typer.Option("--exclude", metavar="GLOB", help="Leave out files matching (repeatable).")] = None,
     logs: Annotated[bool, typer.Option("--logs", help="Add stdout.log and stderr.log under logs/.")] = False,

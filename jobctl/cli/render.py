@@ -70,6 +70,9 @@ def outcome_text(job: Job, live: Live) -> str:
         return "exit 0"
     if worker_alive(job, live) is False:
         return "worker gone"  # `status ID` says what happens next
+    if job.state is State.RUNNING and (job.progress.percent is not None or job.progress.message):
+        p = job.progress
+        return " ".join(x for x in (None if p.percent is None else f"{p.percent:.0f}%", p.message) if x)
     if job.error:
         return job.error
     if job.state is State.RUNNING and job.cancel_requested:

@@ -4,11 +4,13 @@ from typing import Annotated
 
 import typer
 
-from jobctl.cli import render
+from jobctl.cli import complete, render
 from jobctl.cli.app import app, session
 
-IdsArg = Annotated[list[str], typer.Argument(metavar="ID...", help="Job ids.", show_default=False)]
-QueueArg = Annotated[str | None, typer.Argument(metavar="[QUEUE]", help="A queue (default: every queue).", show_default=False)]
+IdsArg = Annotated[list[str], typer.Argument(metavar="ID...", help="Job ids.", show_default=False,
+                                             autocompletion=complete.job_ids)]
+QueueArg = Annotated[str | None, typer.Argument(metavar="[QUEUE]", help="A queue (default: every queue).", show_default=False,
+                                                autocompletion=complete.queues)]
 
 
 @app.command()

@@ -5,7 +5,7 @@ from typing import Annotated
 
 import typer
 
-from jobctl.cli import render
+from jobctl.cli import complete, render
 from jobctl.cli.app import app, parsed, session
 from jobctl.errors import UsageError
 from jobctl.model import Job, parse_codes, parse_duration, parse_priority, parse_size
@@ -17,7 +17,7 @@ def submit(
     ctx: typer.Context,
     command: Annotated[list[str] | None, typer.Argument(metavar="CMD [ARGS]...", help="The command and its arguments, after --.", show_default=False)] = None,
     name: Annotated[str | None, typer.Option(metavar="NAME", help="A name to show instead of the command.")] = None,
-    queue: Annotated[str, typer.Option(metavar="QUEUE", help="The queue to put the job in.")] = "default",
+    queue: Annotated[str, typer.Option(metavar="QUEUE", help="The queue to put the job in.", autocompletion=complete.queues)] = "default",
     priority: Annotated[
         str, typer.Option(metavar="N|NAME", callback=parsed(parse_priority),
                           help="Higher runs first: an integer or low=-10, normal=0, high=10, critical=20.")

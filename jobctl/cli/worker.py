@@ -5,6 +5,7 @@ from typing import Annotated
 
 import typer
 
+from jobctl.cli import complete
 from jobctl.cli.app import app, session
 
 
@@ -12,7 +13,7 @@ from jobctl.cli.app import app, session
 def worker(
     ctx: typer.Context,
     concurrency: Annotated[int | None, typer.Option("--concurrency", "-c", metavar="N", min=1, help="Slots: jobs run at once (default: config defaults.concurrency, 2).")] = None,
-    queue: Annotated[list[str] | None, typer.Option("--queue", metavar="QUEUE", help="Serve only this queue (repeatable; default: all).")] = None,
+    queue: Annotated[list[str] | None, typer.Option("--queue", metavar="QUEUE", autocompletion=complete.queues, help="Serve only this queue (repeatable; default: all).")] = None,
     exit_when_idle: Annotated[bool, typer.Option("--exit-when-idle", help="Exit once nothing is running or runnable.")] = False,
     gpus: Annotated[str | None, typer.Option("--gpus", metavar="IDS", help="GPU ids this worker hands out, e.g. 0,1 (one job per GPU).")] = None,
 ) -> None:

@@ -46,6 +46,9 @@ class Guarded:
     expect_attempt: int
     expect_worker: WorkerRef | None = None
     """If given, the stored job must also still belong to this worker (adoption)."""
+    event: dict[str, Any] | None = None
+    """What to write in the audit trail (e.g. {"event": "cancel requested", "by": …}); by
+    default a change of state is recorded as the new state, other changes not at all."""
 
 
 class Waker(Protocol):
@@ -135,6 +138,14 @@ class Store(Protocol):
 
     def append_history(self, events: Sequence[dict[str, Any]]) -> None:
         """Add events to the audit trail (append-only)."""
+
+    def prune_history(self, removed: Collection[int], summary: dict[str, Any]) -> None:
+        """Drop the events of removed jobs and add `summary` (cleanup keeps the trail bounded)."""
+
+    def history(self, *, job_id: int | None = None, since: float | None = None,
+                offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+        """Audit events after `offset` (0: from the start), oldest first, and the offset to
+        pass next time to get only newer ones (`history --follow`)."""
 
     def notify_workers(self) -> None:
         """Wake idle workers now (a hint: workers also poll slowly)."""

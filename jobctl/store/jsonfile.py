@@ -447,6 +447,9 @@ class JsonStore:
                         f"not {change.expect_state.value} (attempt {change.expect_attempt})"
                     )
                 staged.append((change.job, cur["_v"] + 1))
+                event = _event_of(cur, change)
+                if event is not None:
+                    hot.events.append(event)
             for job, version in staged:
                 hot.put(job, version)
             return [job for job, _ in staged]
@@ -610,6 +613,46 @@ class JsonStore:
         with self._lock():
             self._append_events(events)
 
+    def history(self, *, job_id: int | None = None, since: float | None = None,
+                offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+        path = self.root / "history.jsonl"
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                data = f.read()
+        except FileNotFoundError:
+            return [], 0
+        end = data.rfind(b"\n") + 1  # a line still being written is read next time
+        events = []
+        since_iso = None if since is None else iso(since)
+        for line in data[:end].split(b"\n"):
+            try:
+                event = decode_line(line)
+            except ValueError:
+                continue  # the audit trail is best effort: a torn line is not an event
+            if (job_id is None or event.get("job") == job_id) and (since_iso is None or event["at"] >= since_iso):
+                events.append(event)
+        return events, offset + end
+
+    def prune_history(self, removed: Collection[int], summary: dict[str, Any]) -> None:
+        """Drop the events of removed jobs (the trail stays bounded) and record `summary`."""
+        path = self.root / "history.jsonl"
+        with self._lock():
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                data = b""
+            keep = []
+            for line in data.split(b"\n"):
+                try:
+                    event = decode_line(line)
+                except ValueError:
+                    continue
+                if event.get("job") not in removed:
+                    keep.append(line + b"\n")
+            keep.append(encode_line(summary))
+            fsutil.atomic_write(path, b"".join(keep), durable=False)
+
     def notify_workers(self) -> None:
         wake.notify(self.root / "wake")
 
@@ -618,6 +661,20 @@ class JsonStore:
 
 
 _FINISHED_VALUES = frozenset(s.value for s in FINISHED)
+
+
+def _event_of(old: dict[str, Any], change: Guarded) -> dict[str, Any] | None:
+    """The audit event for one guarded update (see Guarded.event)."""
+    new = change.job
+    if change.event is None and old["state"] == new.state.value:
+        return None
+    event: dict[str, Any] = {"at": iso(now()), "job": new.id, "event": new.state.value, "attempt": new.attempt}
+    if new.state in FINISHED:
+        event.update(exit_code=new.exit_code, error=new.error)
+    if new.worker is not None:
+        event["worker"] = f"{new.worker.host}:{new.worker.pid}"
+    event.update(change.event or {})
+    return event
 
 
 def _dir_ids(path: Path) -> list[int]:
