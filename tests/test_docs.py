@@ -222,3 +222,17 @@ def test_man_page_renders_without_warnings(tool: str) -> None:
     assert "jobctl - queue shell commands durably" in text
     cmd, ctx = COMMANDS["jobctl config set"]
     assert f"jobctl config set {' '.join(cmd.collect_usage_pieces(ctx))}\n" in text
+
+
+def test_the_wheel_installs_the_man_page_and_completions(tmp_path: Path) -> None:
+    import sys
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+                   check=True, capture_output=True, timeout=300)
+    [wheel] = tmp_path.glob("jobctl-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    data = next(n.split("/data/")[0] for n in names if "/data/" in n) + "/data/"
+    assert {data + p for p in ("share/man/man1/jobctl.1", "share/bash-completion/completions/jobctl.bash",
+                               "share/zsh/site-functions/_jobctl", "share/fish/vendor_completions.d/jobctl.fish")} <= names
+    assert zipfile.ZipFile(wheel).read(data + "share/man/man1/jobctl.1") == (ROOT / "man" / "jobctl.1").read_bytes()
