@@ -160,3 +160,13 @@ def test_bash_completes_unfinished_job_ids_and_queue_names_from_the_store() -> N
     assert complete("jobctl", "logs", str(held)) == [str(held)]
     assert complete("jobctl", "worker", "--queue", "g") == ["gpu"]
     assert complete("jobctl", "pause", "") == ["default", "gpu"]
+
+
+def test_status_of_a_failed_job_ends_with_the_last_lines_of_its_stderr(workers) -> None:
+    i = submit("sh", "-c", "for n in 1 2 3 4 5 6 7; do echo line $n >&2; done; echo 'Traceback: boom' >&2; exit 1")
+    finish(workers, i)
+    lines = cli("status", str(i)).stdout.splitlines()
+    assert lines[-6:] == ["last 5 line(s) of stderr:", "  line 4", "  line 5", "  line 6", "  line 7", "  Traceback: boom"]
+    ok = submit("sh", "-c", "echo fine >&2")
+    finish(workers, ok)
+    assert not any(line.startswith("last ") for line in cli("status", str(ok)).stdout.splitlines())

@@ -137,7 +137,29 @@ def job_detail(job: Job, root: Path, live: Live) -> None:
     jd = job_dir(root, job.id)
     lines.append(f"{'stdout:':18} {jd / 'stdout.log'}")
     lines.append(f"{'stderr:':18} {jd / 'stderr.log'}")
+    if job.state is State.FAILED:
+        tail = _stderr_tail(root, job.id)
+        if tail:
+            lines.append(f"last {len(tail)} line(s) of stderr:")
+            lines.extend(f"  {line}" for line in tail)
     out("\n".join(lines))
+
+
+STDERR_TAIL = 5
+
+
+def _stderr_tail(root: Path, job_id: int) -> list[str]:
+    """The last lines a failed job wrote to stderr: usually the reason, right there."""
+    from jobctl.errors import JobctlError
+    from jobctl.jobdir import log_path
+    from jobctl.service import last_lines
+
+    try:
+        with open(log_path(root, job_id, "stderr"), "rb") as f:
+            data = last_lines(f, STDERR_TAIL)
+    except (OSError, JobctlError):
+        return []
+    return data.decode(errors="replace").splitlines()
 
 
 def cleanup_report(report: Any, *, as_json: bool, quiet: bool) -> None:

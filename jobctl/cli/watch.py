@@ -65,14 +65,16 @@ def view(jobs: list[Job], workers: list[dict[str, Any]], width: int, height: int
     with_mem = width >= 100
     id_w = max([2] + [len(str(j.id)) for j in shown])
     queue_w = min(8, max([5] + [len(j.queue) for j in shown]))
-    fixed = id_w + 9 + queue_w + 15 + 6 + (9 if with_mem else 0)
-    rest = max(20, width - fixed - 2 * (7 if with_mem else 6))
+    pri_w = max([3] + [len(str(j.priority)) for j in shown])
+    fixed = id_w + 9 + pri_w + queue_w + 15 + 6 + (9 if with_mem else 0)
+    rest = max(20, width - fixed - 2 * (8 if with_mem else 7))
     name_w = max(10, rest * 11 // 20)
     table = Table(box=None, pad_edge=False, header_style="bold", expand=False)
     table.add_column("ID", justify="right", no_wrap=True, width=id_w)
     table.add_column("STATE", no_wrap=True, width=9)
     table.add_column("NAME", no_wrap=True, overflow="ellipsis", width=name_w)
     table.add_column("QUEUE", no_wrap=True, overflow="ellipsis", width=queue_w)
+    table.add_column("PRI", justify="right", no_wrap=True, width=pri_w)
     table.add_column("PROGRESS", no_wrap=True, width=15)
     table.add_column("TIME", justify="right", no_wrap=True, width=6)
     if with_mem:
@@ -89,7 +91,7 @@ def view(jobs: list[Job], workers: list[dict[str, Any]], width: int, height: int
         if job.state is State.RUNNING and job.progress.message and not result.startswith("worker"):
             result = job.progress.message
         cells = [str(job.id), Text(job.state.value, style=STATE_STYLE[job.state]), Text(command_text(job)),
-                 Text(job.queue), bar, elapsed(job, at)]
+                 Text(job.queue), str(job.priority), bar, elapsed(job, at)]
         table.add_row(*cells, *([mem] if with_mem else []), Text(result))
     counts = {s: sum(1 for j in jobs if j.state is s) for s in State}
     footer = Text("  ".join(f"{s.value} {n}" for s, n in counts.items() if n) or "no jobs", style="bold")
