@@ -67,3 +67,22 @@ def workers(jobctl_env: Path) -> Iterator[Workers]:
     w = Workers(jobctl_env)
     yield w
     w.stop_all()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL server for the whole session (tests/pgserver.py)."""
+    from tests.pgserver import postgres_server
+
+    try:
+        server = postgres_server()
+        url = server.__enter__()
+    except (FileNotFoundError, subprocess.CalledProcessError) as e:
+        detail = getattr(e, "stderr", "") or str(e)
+        if os.environ.get("JOBCTL_REQUIRE_POSTGRES"):
+            pytest.fail(f"PostgreSQL is required here (JOBCTL_REQUIRE_POSTGRES) but did not start: {detail}")
+        pytest.skip(f"no PostgreSQL server: {detail}")
+    try:
+        yield url
+    finally:
+        server.__exit__(None, None, None)
