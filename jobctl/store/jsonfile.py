@@ -162,7 +162,7 @@ class JsonStore:
                             f"for more than {self.lock_timeout:g}s"
                         ) from None
                     time.sleep(delay)
-                    delay = min(delay * 2, 0.05)
+                    delay = min(delay * 2, 0.01)  # short: a waiter must catch the lock between writes
             try:
                 yield
             finally:

@@ -1,0 +1,322 @@
+"""The PostgreSQL store: the storage contract (store/base.py) on one database, for workers
+on several hosts. PostgreSQL is the engine: row locks, short transactions, and
+LISTEN/NOTIFY as a hint (workers also poll).
+
+Each job is a row: the columns claims filter and order on (state, queue, priority) plus the
+whole record as JSONB and a version. Every change is one transaction; scheduling rules are
+the shared pure functions (scheduler.pick, scheduler.settle_all), so both stores behave alike.
+Claims lock the queued rows they look at with FOR UPDATE SKIP LOCKED and serialise on one
+transaction-scoped advisory lock, so that per-queue limits hold across workers.
+
+Not yet used by the CLI: heartbeats, output_root and `store migrate` come next (issue 6).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable, Collection, Sequence
+from pathlib import Path
+from typing import Any
+
+from jobctl.errors import Conflict, NotFound, StoreError, UsageError
+from jobctl.model import FINISHED, UNFINISHED, Job, State, WorkerRef, iso, now, transition
+from jobctl.scheduler import Capacity, pick, settle_all
+from jobctl.store.base import Guarded, JobSpec
+
+SCHEMA = 1
+CHANNEL = "jobctl"
+CLAIM_LOCK = 0x6A6F6263  # "jobc": one advisory lock serialises claims
+SCHEMA_LOCK = 0x6A6F6273
+_UNFINISHED = sorted(s.value for s in UNFINISHED)
+
+DDL = """
+CREATE TABLE IF NOT EXISTS jobctl_meta (key text PRIMARY KEY, value text NOT NULL);
+CREATE SEQUENCE IF NOT EXISTS jobctl_job_ids;
+CREATE TABLE IF NOT EXISTS jobctl_jobs (
+    id bigint PRIMARY KEY,
+    state text NOT NULL,
+    queue text NOT NULL,
+    priority integer NOT NULL,
+    unique_key text,
+    version integer NOT NULL,
+    record jsonb NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobctl_jobs_runnable ON jobctl_jobs (priority DESC, id) WHERE state = 'queued';
+CREATE INDEX IF NOT EXISTS jobctl_jobs_state ON jobctl_jobs (state);
+CREATE UNIQUE INDEX IF NOT EXISTS jobctl_jobs_unique ON jobctl_jobs (unique_key)
+    WHERE unique_key IS NOT NULL AND state IN ('queued', 'waiting', 'running');
+CREATE TABLE IF NOT EXISTS jobctl_envs (ref text PRIMARY KEY, env jsonb NOT NULL);
+CREATE TABLE IF NOT EXISTS jobctl_history (n bigserial PRIMARY KEY, job bigint, event jsonb NOT NULL);
+CREATE TABLE IF NOT EXISTS jobctl_paused (queue text PRIMARY KEY);
+"""
+
+
+def _redacted(url: str) -> str:
+    """The URL without its password, for messages."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class PostgresStore:
+    def __init__(self, url: str, *, output_root: Path) -> None:
+        try:
+            import psycopg
+        except ImportError:
+            raise StoreError("the PostgreSQL store needs psycopg: pip install 'jobctl[postgres]'") from None
+        self.psycopg = psycopg
+        self.url = url
+        self.location = url
+        self.root = output_root
+        self.warnings: list[str] = []
+        try:
+            self.conn = psycopg.connect(url)
+        except psycopg.OperationalError as e:
+            host = psycopg.conninfo.conninfo_to_dict(url).get("host", "localhost")
+            raise StoreError(f"cannot reach PostgreSQL at {host} ({_redacted(url)}): {str(e).strip().splitlines()[0]}") from None
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self.conn.transaction():
+            self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))  # several first uses at once
+            self.conn.execute(DDL)
+            row = self.conn.execute("SELECT value FROM jobctl_meta WHERE key = 'schema'").fetchone()
+            if row is None:
+                self.conn.execute("INSERT INTO jobctl_meta VALUES ('schema', %s)", (str(SCHEMA),))
+            elif int(row[0]) > SCHEMA:
+                raise StoreError(f"store {_redacted(self.url)} has schema {row[0]}; this jobctl reads up to {SCHEMA}")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # --- records ---------------------------------------------------------------------------
+
+    def _rows(self, where: str, params: Sequence[Any], *, lock: str = "") -> dict[int, tuple[dict[str, Any], int]]:
+        rows = self.conn.execute(f"SELECT id, record, version FROM jobctl_jobs WHERE {where} ORDER BY id {lock}", params)
+        return {r[0]: (r[1], r[2]) for r in rows.fetchall()}
+
+    def _put(self, job: Job, version: int, *, insert: bool = False) -> None:
+        rec = json.dumps(job.to_record())
+        if insert:
+            self.conn.execute(
+                "INSERT INTO jobctl_jobs (id, state, queue, priority, unique_key, version, record) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                (job.id, job.state.value, job.queue, job.priority, job.unique_key, version, rec),
+            )
+        else:
+            self.conn.execute(
+                "UPDATE jobctl_jobs SET state = %s, queue = %s, priority = %s, unique_key = %s, version = %s, "
+                "record = %s WHERE id = %s",
+                (job.state.value, job.queue, job.priority, job.unique_key, version, rec, job.id),
+            )
+
+    def _events(self, events: Sequence[dict[str, Any]]) -> None:
+        for event in events:
+            self.conn.execute("INSERT INTO jobctl_history (job, event) VALUES (%s, %s)",
+                              (event.get("job"), json.dumps(event)))
+
+    def _settle(self, at: float) -> None:
+        waiting = {i: Job.from_record(r) for i, (r, _) in self._rows("state = 'waiting'", [], lock="FOR UPDATE").items()}
+        if not waiting:
+            return
+
+        def states(ids: Collection[int]) -> dict[int, State]:
+            rows = self.conn.execute("SELECT id, state FROM jobctl_jobs WHERE id = ANY(%s)", (list(ids),)).fetchall()
+            return {r[0]: State(r[1]) for r in rows}
+
+        versions: dict[int, int] = dict(self.conn.execute("SELECT id, version FROM jobctl_jobs WHERE id = ANY(%s)",
+                                          (list(waiting),)).fetchall())
+        for job_id, new in settle_all(waiting, states, at).items():
+            self._put(new, versions[job_id] + 1)
+            if new.state is not State.WAITING:
+                self._events([{"at": iso(at), "job": job_id, "event": new.state.value, "error": new.error}])
+
+    # --- the contract ------------------------------------------------------------------------
+
+    def submit(self, specs: Sequence[JobSpec], *, at: float) -> list[Job]:
+        jobs = []
+        with self.conn.transaction():
+            deps = sorted({d for s in specs for d in (*s.job.depends_on, *s.job.depends_any)})
+            known = {r[0] for r in self.conn.execute("SELECT id FROM jobctl_jobs WHERE id = ANY(%s)", (deps,))}
+            for spec in specs:
+                missing = sorted(d for d in (*spec.job.depends_on, *spec.job.depends_any) if d not in known)
+                if missing:
+                    raise UsageError(f"unknown dependency {missing[0]} (no such job)")
+                key = spec.job.unique_key
+                if key is not None:
+                    row = self.conn.execute(
+                        "SELECT record FROM jobctl_jobs WHERE unique_key = %s AND state = ANY(%s) FOR UPDATE",
+                        (key, _UNFINISHED)).fetchone()
+                    if row is not None:
+                        jobs.append(Job.from_record(row[0]))
+                        continue
+                data = json.dumps(spec.env, sort_keys=True, separators=(",", ":"))
+                ref = hashlib.sha256(data.encode()).hexdigest()[:32]
+                self.conn.execute("INSERT INTO jobctl_envs VALUES (%s, %s) ON CONFLICT DO NOTHING", (ref, data))
+                [(job_id,)] = self.conn.execute("SELECT nextval('jobctl_job_ids')").fetchall()
+                job = spec.new_job(job_id, ref, at)
+                self._put(job, 1, insert=True)
+                self._events([{"at": iso(at), "job": job.id, "event": "submitted", **(job.submitter or {})}])
+                jobs.append(job)
+            self._settle(now())
+        self.notify_workers()
+        return jobs
+
+    def get(self, job_id: int) -> Job:
+        row = self.conn.execute("SELECT record FROM jobctl_jobs WHERE id = %s", (job_id,)).fetchone()
+        self.conn.commit()
+        if row is None:
+            raise NotFound(f"no job {job_id}")
+        return Job.from_record(row[0])
+
+    def query(self, *, states: Collection[State] | None = None, queues: Collection[str] | None = None) -> list[Job]:
+        where, params = ["TRUE"], []
+        if states is not None:
+            where.append("state = ANY(%s)")
+            params.append([s.value for s in states])
+        if queues is not None:
+            where.append("queue = ANY(%s)")
+            params.append(list(queues))
+        rows = self.conn.execute(f"SELECT record FROM jobctl_jobs WHERE {' AND '.join(where)} ORDER BY id", params)
+        jobs = [Job.from_record(r[0]) for r in rows.fetchall()]
+        self.conn.commit()
+        return jobs
+
+    def env(self, job: Job) -> dict[str, str]:
+        row = self.conn.execute("SELECT env FROM jobctl_envs WHERE ref = %s", (job.env_ref,)).fetchone()
+        self.conn.commit()
+        if row is None:
+            raise StoreError(f"the environment of job {job.id} is missing from the store")
+        env: dict[str, str] = row[0]
+        return env
+
+    def claim(self, worker: WorkerRef, capacity: Capacity, *, at: float) -> list[Job]:
+        with self.conn.transaction():
+            self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (CLAIM_LOCK,))
+            self._settle(at)
+            where, params = "state = 'queued'", []
+            if capacity.queues is not None:
+                where += " AND queue = ANY(%s)"
+                params.append(sorted(capacity.queues))
+            rows = self._rows(where, params, lock="FOR UPDATE SKIP LOCKED")
+            running: dict[str, int] = dict(self.conn.execute(
+                "SELECT queue, count(*) FROM jobctl_jobs WHERE state = 'running' GROUP BY queue").fetchall())
+            paused = frozenset(r[0] for r in self.conn.execute("SELECT queue FROM jobctl_paused"))
+            cap = dataclasses.replace(capacity, paused=paused, running_per_queue=running)
+            claimed = []
+            gpu_ids = list(cap.free_gpu_ids)
+            for job in pick([Job.from_record(r) for r, _ in rows.values()], cap):
+                mine, gpu_ids = tuple(gpu_ids[: job.gpus]), gpu_ids[job.gpus :]
+                new = transition(job, State.RUNNING, at=at, worker=worker, attempt=job.attempt + 1, gpu_ids=mine)
+                self._put(new, rows[job.id][1] + 1)
+                self._events([{"at": iso(at), "job": job.id, "event": "started", "attempt": new.attempt,
+                               "worker": f"{worker.host}:{worker.pid}"}])
+                claimed.append(new)
+            return claimed
+
+    def update(self, changes: Sequence[Guarded]) -> list[Job]:
+        from jobctl.store.jsonfile import _event_of
+
+        with self.conn.transaction():
+            current = self._rows("id = ANY(%s)", [[c.job.id for c in changes]], lock="FOR UPDATE")
+            staged = []
+            for change in changes:
+                if change.job.id not in current:
+                    raise NotFound(f"no job {change.job.id}")
+                cur, version = current[change.job.id]
+                worker = cur.get("worker")
+                if (
+                    cur["state"] != change.expect_state.value
+                    or cur["attempt"] != change.expect_attempt
+                    or (change.expect_worker is not None and (worker is None or WorkerRef(**worker) != change.expect_worker))
+                ):
+                    raise Conflict(
+                        f"job {change.job.id} is {cur['state']} (attempt {cur['attempt']}), "
+                        f"not {change.expect_state.value} (attempt {change.expect_attempt})"
+                    )
+                staged.append((change.job, version + 1))
+                event = _event_of(cur, change)
+                if event is not None:
+                    self._events([event])
+            for job, version in staged:
+                self._put(job, version)
+            self._settle(now())
+            return [job for job, _ in staged]
+
+    def delete(self, jobs: Sequence[Job]) -> list[Job]:
+        with self.conn.transaction():
+            current = self._rows("id = ANY(%s)", [[j.id for j in jobs]], lock="FOR UPDATE")
+            doomed = [
+                j for j in jobs
+                if j.id in current and j.state in FINISHED
+                and current[j.id][0]["state"] == j.state.value and current[j.id][0]["attempt"] == j.attempt
+            ]
+            self.conn.execute("DELETE FROM jobctl_jobs WHERE id = ANY(%s)", ([j.id for j in doomed],))
+            return doomed
+
+    def next_id(self) -> int:
+        last, called = self.conn.execute("SELECT last_value, is_called FROM jobctl_job_ids").fetchone() or (1, False)
+        self.conn.commit()
+        return int(last) + 1 if called else int(last)
+
+    def prune(self) -> int:
+        with self.conn.transaction():
+            cur = self.conn.execute(
+                "DELETE FROM jobctl_envs WHERE ref NOT IN (SELECT record->>'env_ref' FROM jobctl_jobs)")
+            return cur.rowcount
+
+    def set_paused(self, queue: str, paused: bool) -> None:
+        with self.conn.transaction():
+            if paused:
+                self.conn.execute("INSERT INTO jobctl_paused VALUES (%s) ON CONFLICT DO NOTHING", (queue,))
+            else:
+                self.conn.execute("DELETE FROM jobctl_paused WHERE queue = %s", (queue,))
+        if not paused:
+            self.notify_workers()
+
+    def paused(self) -> frozenset[str]:
+        rows = self.conn.execute("SELECT queue FROM jobctl_paused").fetchall()
+        self.conn.commit()
+        return frozenset(r[0] for r in rows)
+
+    def append_history(self, events: Sequence[dict[str, Any]]) -> None:
+        with self.conn.transaction():
+            self._events(events)
+
+    def history(self, *, job_id: int | None = None, since: float | None = None,
+                offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+        rows = self.conn.execute("SELECT n, event FROM jobctl_history WHERE n > %s ORDER BY n", (offset,)).fetchall()
+        self.conn.commit()
+        since_iso = None if since is None else iso(since)
+        events = [e for _, e in rows
+                  if (job_id is None or e.get("job") == job_id) and (since_iso is None or e["at"] >= since_iso)]
+        return events, rows[-1][0] if rows else offset
+
+    def prune_history(self, removed: Collection[int], summary: dict[str, Any]) -> None:
+        with self.conn.transaction():
+            self.conn.execute("DELETE FROM jobctl_history WHERE job = ANY(%s)", (list(removed),))
+            self._events([summary])
+
+    def notify_workers(self) -> None:
+        self.conn.execute(f"NOTIFY {CHANNEL}")
+        self.conn.commit()
+
+    def register_worker(self, worker: WorkerRef, capacity: Capacity) -> Callable[[], None]:
+        raise StoreError("workers on a PostgreSQL store are not supported yet")
+
+    def workers(self) -> list[dict[str, Any]]:
+        return []
+
+    def listen(self, name: str) -> Any:
+        raise StoreError("listening on a PostgreSQL store is not supported yet")
+
+    def check(self) -> list[tuple[str, str]]:
+        count = self.conn.execute("SELECT count(*) FROM jobctl_jobs").fetchone()
+        self.conn.commit()
+        return [("ok", f"{_redacted(self.url)}: {count[0] if count else 0} job(s), schema {SCHEMA}")]
