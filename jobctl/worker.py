@@ -37,6 +37,8 @@ class Running:
     stop_sent: bool = False
     adopted: bool = False
     """Started by a worker that died: not our child, so not ours to waitpid()."""
+    disowned: bool = False
+    """The store gave this attempt to another worker: stop it, record nothing."""
 
 
 def read_result(jd: Path, attempt: int) -> dict[str, Any] | None:
@@ -133,6 +135,7 @@ class Worker:
                         self._reap(key.data)
                 self._check_cancels()
                 if time.monotonic() - self.last_orphan_check >= POLL_S:
+                    self.store.heartbeat()
                     self._adopt_orphans()
         finally:
             unregister()
@@ -179,6 +182,9 @@ class Worker:
         if not run.adopted:
             os.waitpid(run.supervisor_pid, 0)
         job = run.job
+        if run.disowned:
+            self.log(f"job {job.id}: stopped copy, result discarded")
+            return
         result = read_result(job_dir(self.store.root, job.id), job.attempt)
         if result is not None and result.get("zip_error"):
             self.log(f"job {job.id}: {result['zip_error']}")
@@ -197,7 +203,19 @@ class Worker:
         live = {(w["host"], w["pid"]) for w in self.store.workers()}
         for job in self.store.query(states=[State.RUNNING]):
             owner = job.worker
-            if owner is None or owner.host != self.ref.host or job.id in self.running:
+            if owner is None or job.id in self.running:
+                continue
+            if owner.host != self.ref.host:
+                # Another host's worker, gone (stale heartbeat): its processes are out of
+                # reach, so the attempt is lost; if that worker comes back it stops its copy.
+                if (owner.host, owner.pid) not in live:
+                    try:
+                        self.store.update([Guarded(supervisor.lost(job, now(), self.max_lost), State.RUNNING,
+                                                   job.attempt, expect_worker=owner,
+                                                   event={"event": "lost", "worker": f"{owner.host}:{owner.pid}"})])
+                        self.log(f"job {job.id}: worker {owner.host}:{owner.pid} is gone; attempt {job.attempt} lost")
+                    except Conflict:
+                        pass
                 continue
             if owner == self.ref:  # adopted earlier, its supervisor had not recorded itself yet
                 self._watch_adopted(job)
@@ -268,11 +286,19 @@ class Worker:
                     self._signal(run, signal.SIGUSR2)
 
     def _check_cancels(self) -> None:
+        """Stop what was cancelled, and what is no longer ours: a worker declared dead (its
+        heartbeat went stale) whose jobs were given to another worker stops its copies and
+        never records their results."""
         if not self.running:
             return
-        for job in self.store.query(states=[State.RUNNING]):
-            run = self.running.get(job.id)
-            if run is not None and job.cancel_requested and not run.stop_sent:
+        current = {j.id: j for j in self.store.query(states=[State.RUNNING])}
+        for job_id, run in list(self.running.items()):
+            job = current.get(job_id)
+            if job is None or job.worker != self.ref or job.attempt != run.job.attempt:
+                self.log(f"job {job_id}: taken over elsewhere while this worker was away; stopping its copy")
+                self._signal(run, signal.SIGUSR2)
+                run.disowned = True
+            elif job.cancel_requested and not run.stop_sent:
                 self._signal(run, signal.SIGTERM)
 
     def _signal(self, run: Running, sig: int) -> None:

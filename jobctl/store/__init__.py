@@ -26,7 +26,14 @@ def resolve_location(flag: str | None, config: Config) -> str:
 
 def open_store(location: str, config: Config) -> Store:
     if location.startswith(("postgresql://", "postgres://")):
-        raise StoreError("PostgreSQL stores are not available in this version of jobctl")
+        from jobctl.store.postgres import PostgresStore
+
+        output_root = config.get("output_root")
+        if not output_root:
+            raise StoreError("a PostgreSQL store needs config output_root: a directory all workers share "
+                             "(jobctl config set output_root /shared/jobctl)")
+        root = Path(output_root).expanduser().absolute()
+        return PostgresStore(location, output_root=root, worker_timeout=config.get("worker_timeout"))
     from jobctl.store.jsonfile import JsonStore
 
     root = Path(location).expanduser().absolute()

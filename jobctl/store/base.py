@@ -103,6 +103,9 @@ class Store(Protocol):
         """Announce a live worker and what it can run, until the returned function is called
         (or the process dies: liveness must not depend on the worker cleaning up)."""
 
+    def heartbeat(self) -> None:
+        """Say this process's registered worker is alive (stores that judge liveness by time)."""
+
     def workers(self) -> list[dict[str, Any]]:
         """The live workers: host, pid, slots, gpus, queues (None: all)."""
 

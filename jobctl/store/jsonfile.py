@@ -509,6 +509,9 @@ class JsonStore:
 
         return unregister
 
+    def heartbeat(self) -> None:
+        """Nothing to do: liveness here is the worker's flock, which the kernel keeps."""
+
     def workers(self) -> list[dict[str, Any]]:
         live = []
         try:

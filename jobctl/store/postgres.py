@@ -50,6 +50,10 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobctl_jobs_unique ON jobctl_jobs (unique_key)
 CREATE TABLE IF NOT EXISTS jobctl_envs (ref text PRIMARY KEY, env jsonb NOT NULL);
 CREATE TABLE IF NOT EXISTS jobctl_history (n bigserial PRIMARY KEY, job bigint, event jsonb NOT NULL);
 CREATE TABLE IF NOT EXISTS jobctl_paused (queue text PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS jobctl_workers (
+    host text NOT NULL, pid integer NOT NULL, info jsonb NOT NULL, heartbeat timestamptz NOT NULL,
+    PRIMARY KEY (host, pid)
+);
 """
 
 
@@ -65,7 +69,7 @@ def _redacted(url: str) -> str:
 
 
 class PostgresStore:
-    def __init__(self, url: str, *, output_root: Path) -> None:
+    def __init__(self, url: str, *, output_root: Path, worker_timeout: float = 30.0) -> None:
         try:
             import psycopg
         except ImportError:
@@ -74,6 +78,7 @@ class PostgresStore:
         self.url = url
         self.location = url
         self.root = output_root
+        self.worker_timeout = worker_timeout
         self.warnings: list[str] = []
         try:
             self.conn = psycopg.connect(url)
@@ -308,15 +313,60 @@ class PostgresStore:
         self.conn.commit()
 
     def register_worker(self, worker: WorkerRef, capacity: Capacity) -> Callable[[], None]:
-        raise StoreError("workers on a PostgreSQL store are not supported yet")
+        """A row per worker with a heartbeat in the database's clock (no host clock is
+        compared with another's); `heartbeat` keeps it fresh."""
+        info = {"host": worker.host, "pid": worker.pid, "slots": capacity.total_slots, "gpus": capacity.total_gpus,
+                "queues": None if capacity.queues is None else sorted(capacity.queues)}
+        with self.conn.transaction():
+            self.conn.execute(
+                "INSERT INTO jobctl_workers VALUES (%s, %s, %s, now()) "
+                "ON CONFLICT (host, pid) DO UPDATE SET info = EXCLUDED.info, heartbeat = now()",
+                (worker.host, worker.pid, json.dumps(info)))
+        self._me = worker
+
+        def unregister() -> None:
+            with self.conn.transaction():
+                self.conn.execute("DELETE FROM jobctl_workers WHERE host = %s AND pid = %s", (worker.host, worker.pid))
+
+        return unregister
+
+    def heartbeat(self) -> None:
+        me = getattr(self, "_me", None)
+        if me is not None:
+            with self.conn.transaction():
+                self.conn.execute("UPDATE jobctl_workers SET heartbeat = now() WHERE host = %s AND pid = %s",
+                                  (me.host, me.pid))
 
     def workers(self) -> list[dict[str, Any]]:
-        return []
+        rows = self.conn.execute(
+            "SELECT info FROM jobctl_workers WHERE heartbeat > now() - make_interval(secs => %s) ORDER BY host, pid",
+            (self.worker_timeout,)).fetchall()
+        self.conn.commit()
+        return [r[0] for r in rows]
 
-    def listen(self, name: str) -> Any:
-        raise StoreError("listening on a PostgreSQL store is not supported yet")
+    def listen(self, name: str) -> _Listener:
+        return _Listener(self.psycopg.connect(self.url, autocommit=True))
 
     def check(self) -> list[tuple[str, str]]:
         count = self.conn.execute("SELECT count(*) FROM jobctl_jobs").fetchone()
         self.conn.commit()
         return [("ok", f"{_redacted(self.url)}: {count[0] if count else 0} job(s), schema {SCHEMA}")]
+
+
+class _Listener:
+    """LISTEN on its own connection: readable when any process runs NOTIFY jobctl. Only a
+    hint: workers and waiters also poll, so a missed notification costs a little latency."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        conn.execute(f"LISTEN {CHANNEL}")
+
+    def fileno(self) -> int:
+        return int(self.conn.fileno())
+
+    def drain(self) -> None:
+        for _ in self.conn.notifies(timeout=0):
+            pass
+
+    def close(self) -> None:
+        self.conn.close()

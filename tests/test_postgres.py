@@ -1,0 +1,85 @@
+"""The PostgreSQL store end to end, through the real CLI and workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Workers
+from tests.helpers import JOBCTL, wait_until
+
+
+@pytest.fixture
+def pg_store(postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh database as this test's store (JOBCTL_STORE), job directories under tmp/out."""
+    import psycopg
+
+    name = f"e2e_{abs(hash(request.node.nodeid)) % 10**12}"
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name}")
+        admin.execute(f"CREATE DATABASE {name}")
+    url = postgres_url.rsplit("/", 1)[0] + "/" + name
+    monkeypatch.setenv("JOBCTL_STORE", url)
+    subprocess.run([JOBCTL, "config", "set", "output_root", str(tmp_path / "out")], check=True)
+    yield url
+
+
+@pytest.fixture
+def pg_workers(pg_store: str) -> Iterator[Workers]:
+    w = Workers(pg_store)  # type: ignore[arg-type]  # matched against JOBCTL_STORE, a URL here
+    yield w
+    w.stop_all()
+
+
+def jctl(*args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([JOBCTL, *args], capture_output=True, text=True, timeout=60)
+    if ok:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def status(*ids: str) -> list[dict]:
+    return json.loads(jctl("status", "--json", *ids).stdout)
+
+
+def test_jobs_run_end_to_end_on_a_postgresql_store(pg_workers: Workers, tmp_path: Path) -> None:
+    ok = int(jctl("submit", "--", "sh", "-c", f"echo hello; {JOBCTL} progress 50 half").stdout)
+    bad = int(jctl("submit", "--", "sh", "-c", "exit 3").stdout)
+    after = int(jctl("submit", "--after", str(ok), "--", "true").stdout)
+    pg_workers.start("--concurrency", "2")
+    wait_until(lambda: [j["state"] for j in status()] == ["completed", "failed", "completed"], what="all ran")
+    [record] = status(str(ok))
+    assert record["job_dir"] == str(tmp_path / "out" / "jobs" / str(ok))
+    assert jctl("logs", str(ok)).stdout == "hello\n"
+    assert record["progress"] == {"percent": 50.0, "message": "half"}
+    assert status(str(bad))[0]["error"] == "exit code 3"
+    assert jctl("wait", str(bad), ok=False).returncode == 3
+    assert status(str(after))[0]["attempt"] == 1
+    events = [json.loads(x)["event"] for x in jctl("history", str(ok), "--json").stdout.splitlines()]
+    assert events == ["submitted", "started", "progress", "completed"]
+
+
+def test_several_workers_on_one_database_run_each_job_once(pg_workers: Workers, tmp_path: Path) -> None:
+    effects = tmp_path / "effects"
+    lines = "".join(f"echo $JOBCTL_JOB_ID >> {effects}\n" for _ in range(80))
+    subprocess.run([JOBCTL, "submit", "--from", "-"], input=lines, text=True, check=True, capture_output=True)
+    procs = [pg_workers.start("--concurrency", "2", "--exit-when-idle") for _ in range(3)]
+    for proc in procs:
+        assert proc.wait(timeout=120) == 0
+    assert sorted(int(x) for x in effects.read_text().split()) == list(range(1, 81))
+    assert len({j["worker"]["pid"] for j in status()}) >= 2
+
+
+def test_a_missing_output_root_and_an_unreachable_server_are_clear_errors(pg_store: str, tmp_path: Path) -> None:
+    os.environ["JOBCTL_CONFIG"] = str(tmp_path / "empty.toml")
+    proc = jctl("status", ok=False)
+    assert proc.returncode == 1 and proc.stderr.startswith("jobctl: error: a PostgreSQL store needs config output_root")
+    subprocess.run([JOBCTL, "config", "set", "output_root", str(tmp_path / "out")], check=True)
+    proc = jctl("--store", "postgresql://jobctl:s3cret@127.0.0.1:1/nowhere", "status", ok=False)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1
+    assert "cannot reach PostgreSQL at 127.0.0.1" in proc.stderr and "s3cret" not in proc.stderr
