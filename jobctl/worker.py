@@ -294,7 +294,13 @@ class Worker:
         current = {j.id: j for j in self.store.query(states=[State.RUNNING])}
         for job_id, run in list(self.running.items()):
             job = current.get(job_id)
-            if job is None or job.worker != self.ref or job.attempt != run.job.attempt:
+            if run.disowned:
+                continue
+            if job is not None and job.attempt == run.job.attempt and job.worker != self.ref:
+                # Adopted by a worker of this host, which watches this very supervisor: let it.
+                self.log(f"job {job_id}: adopted by {job.worker} while this worker was away; leaving it to them")
+                run.disowned = True
+            elif job is None or job.worker != self.ref or job.attempt != run.job.attempt:
                 self.log(f"job {job_id}: taken over elsewhere while this worker was away; stopping its copy")
                 self._signal(run, signal.SIGUSR2)
                 run.disowned = True

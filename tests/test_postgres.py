@@ -83,3 +83,28 @@ def test_a_missing_output_root_and_an_unreachable_server_are_clear_errors(pg_sto
     proc = jctl("--store", "postgresql://jobctl:s3cret@127.0.0.1:1/nowhere", "status", ok=False)
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1
     assert "cannot reach PostgreSQL at 127.0.0.1" in proc.stderr and "s3cret" not in proc.stderr
+
+
+def test_a_worker_stopped_past_worker_timeout_loses_its_job_once_and_records_nothing(
+    pg_workers: Workers, tmp_path: Path
+) -> None:
+    import signal
+
+    jctl("config", "set", "worker_timeout", "2s")
+    go, effects = tmp_path / "go", tmp_path / "effects"
+    i = int(jctl("submit", "--", "sh", "-c", f"while [ ! -e {go} ]; do sleep 0.05; done; echo $JOBCTL_ATTEMPT >> {effects}").stdout)
+    first = pg_workers.start()
+    wait_until(lambda: status(str(i))[0]["state"] == "running", what="started by the first worker")
+    first.send_signal(signal.SIGSTOP)  # frozen: its heartbeat goes stale
+    try:
+        second = pg_workers.start()
+        wait_until(lambda: status(str(i))[0]["worker"]["pid"] == second.pid, timeout=20, what="taken over")
+    finally:
+        first.send_signal(signal.SIGCONT)  # back, after being declared dead
+    go.touch()
+    wait_until(lambda: status(str(i))[0]["state"] == "completed", what="completed")
+    [record] = status(str(i))
+    assert (record["attempt"], record["worker"]["pid"]) == (1, second.pid)
+    assert effects.read_text().split() == ["1"]  # ran exactly once
+    events = [json.loads(x) for x in jctl("history", str(i), "--json").stdout.splitlines()]
+    assert [e["event"] for e in events].count("completed") == 1
