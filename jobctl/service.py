@@ -21,6 +21,7 @@ from jobctl import jobdir
 from jobctl.errors import Conflict, JobctlError, UsageError
 from jobctl.model import FINISHED, UNFINISHED, Job, State, iso, now, parse_job_id, transition, wait_code
 from jobctl.store.base import Guarded, JobSpec, Store
+from jobctl.store.wake import drain_and_rewatch
 
 # Variables that describe the job jobctl is running in; a job submitted from inside a job
 # must not inherit them (the worker sets its own).
@@ -259,7 +260,7 @@ def wait(store: Store, ids: Sequence[int], *, timeout_s: float | None = None) ->
             oldest = min(j.created_at for j in jobs.values() if not j.finished)
             pause = min(5.0, max(0.2, (now() - oldest) / 10))
             if sel.select(pause):
-                waker.drain()
+                drain_and_rewatch(sel, waker)
     finally:
         if sel is not None:
             sel.close()

@@ -24,6 +24,7 @@ from jobctl.errors import Conflict, JobctlError
 from jobctl.jobdir import job_dir
 from jobctl.model import Job, State, WorkerRef, command_line, format_duration, now, transition
 from jobctl.scheduler import Capacity
+from jobctl.store import wake
 from jobctl.store.base import Guarded, Store
 
 POLL_S = 2.0
@@ -128,7 +129,7 @@ class Worker:
                     continue  # claim again at once: more may fit
                 for key, _ in self.sel.select(self._next_due() if not self.stopping else POLL_S):
                     if key.data == "wake":
-                        waker.drain()
+                        wake.drain_and_rewatch(self.sel, waker)
                     elif key.data == "signal":
                         self._on_signals(os.read(sig_r, 64))
                     else:

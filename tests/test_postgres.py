@@ -108,3 +108,20 @@ def test_a_worker_stopped_past_worker_timeout_loses_its_job_once_and_records_not
     assert effects.read_text().split() == ["1"]  # ran exactly once
     events = [json.loads(x) for x in jctl("history", str(i), "--json").stdout.splitlines()]
     assert [e["event"] for e in events].count("completed") == 1
+
+
+def test_jobs_still_start_when_the_listening_connection_is_killed(pg_workers: Workers, pg_store: str) -> None:
+    import psycopg
+
+    worker = pg_workers.start()
+    first = int(jctl("submit", "--", "true").stdout)
+    wait_until(lambda: status(str(first))[0]["state"] == "completed", what="a first job")
+    with psycopg.connect(pg_store, autocommit=True) as admin:
+        killed = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                               "WHERE query LIKE 'LISTEN%%' AND pid <> pg_backend_pid()").fetchone()
+    assert killed == (1,)  # the worker's listening connection
+    second = int(jctl("submit", "--", "true").stdout)
+    wait_until(lambda: status(str(second))[0]["state"] == "completed", what="a job after the kill")
+    third = int(jctl("submit", "--", "true").stdout)  # and notifications work again
+    wait_until(lambda: status(str(third))[0]["state"] == "completed", what="a job after the reconnect")
+    assert worker.poll() is None

@@ -8,6 +8,7 @@ from typing import Any
 from jobctl.cli.render import STATE_STYLE, command_text, elapsed, outcome_text
 from jobctl.model import Job, State, format_size, now
 from jobctl.store.base import Store
+from jobctl.store.wake import drain_and_rewatch
 
 FIRST_S = 0.25
 MOST_S = 2.0
@@ -39,7 +40,7 @@ def watch_jobs(store: Store, *, states: Collection[State] | None, queues: Collec
                 last = snapshot
                 live_view.update(view(jobs, workers, console.size.width, console.size.height), refresh=True)
                 if sel.select(pause):
-                    waker.drain()
+                    drain_and_rewatch(sel, waker)
                     pause = FIRST_S
                 else:
                     pause = min(MOST_S, pause * 2)

@@ -345,7 +345,7 @@ class PostgresStore:
         return [r[0] for r in rows]
 
     def listen(self, name: str) -> _Listener:
-        return _Listener(self.psycopg.connect(self.url, autocommit=True))
+        return _Listener(lambda: self.psycopg.connect(self.url, autocommit=True))
 
     def check(self) -> list[tuple[str, str]]:
         count = self.conn.execute("SELECT count(*) FROM jobctl_jobs").fetchone()
@@ -355,18 +355,34 @@ class PostgresStore:
 
 class _Listener:
     """LISTEN on its own connection: readable when any process runs NOTIFY jobctl. Only a
-    hint: workers and waiters also poll, so a missed notification costs a little latency."""
+    hint: workers and waiters also poll, so a missed notification costs a little latency.
+    A lost connection (server restart, pg_terminate_backend) is replaced on the next drain,
+    under a new descriptor: callers re-register `fileno()` after `drain()`."""
 
-    def __init__(self, conn: Any) -> None:
-        self.conn = conn
+    def __init__(self, connect: Callable[[], Any]) -> None:
+        self.connect = connect
+        self.conn = self._listen()
+
+    def _listen(self) -> Any:
+        conn = self.connect()
         conn.execute(f"LISTEN {CHANNEL}")
+        return conn
 
     def fileno(self) -> int:
         return int(self.conn.fileno())
 
     def drain(self) -> None:
-        for _ in self.conn.notifies(timeout=0):
-            pass
+        import psycopg
+
+        try:
+            for _ in self.conn.notifies(timeout=0):
+                pass
+        except psycopg.Error:
+            self.conn.close()
+            try:
+                self.conn = self._listen()
+            except psycopg.Error as e:
+                raise StoreError(f"lost the PostgreSQL notification connection: {e}") from None
 
     def close(self) -> None:
         self.conn.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 from pathlib import Path
+from typing import Any
 
 
 class FifoWaker:
@@ -68,3 +69,15 @@ def notify(directory: Path) -> None:
                 pass  # full: the worker has wake-ups pending already
             finally:
                 os.close(fd)
+
+
+def drain_and_rewatch(sel: Any, waker: Any) -> None:
+    """Drain `waker` and keep `sel` watching it even if draining replaced its descriptor
+    (a PostgreSQL listener reconnects under a new one)."""
+    import selectors
+
+    old = waker.fileno()
+    waker.drain()
+    if waker.fileno() != old:
+        key = sel.unregister(old)
+        sel.register(waker.fileno(), selectors.EVENT_READ, key.data)
