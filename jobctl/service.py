@@ -417,3 +417,18 @@ def _job_dir_ids(root: Path) -> list[int]:
 
 def parse_ids(texts: Sequence[str]) -> list[int]:
     return [parse_job_id(t) for t in texts]
+
+
+def migrate(source: Store, target: Store) -> int:
+    """Copy every job of a JSON store (ids, states, attempts, environments, history, pauses)
+    into an empty PostgreSQL store; returns how many. Stop the workers of both first: running
+    jobs are copied as running and adopted only by a worker of the host that ran them."""
+    from jobctl.store.postgres import PostgresStore
+
+    if not isinstance(target, PostgresStore):
+        raise UsageError("--to must be a PostgreSQL store (postgresql://...)")
+    jobs = source.query()
+    envs = {job.env_ref: source.env(job) for job in jobs}
+    events, _ = source.history()
+    target.import_jobs(jobs, envs, events, source.next_id(), source.paused())
+    return len(jobs)

@@ -125,3 +125,35 @@ def test_jobs_still_start_when_the_listening_connection_is_killed(pg_workers: Wo
     third = int(jctl("submit", "--", "true").stdout)  # and notifications work again
     wait_until(lambda: status(str(third))[0]["state"] == "completed", what="a job after the reconnect")
     assert worker.poll() is None
+
+
+def test_migrate_from_a_json_store_keeps_ids_states_and_environments(pg_workers: Workers, pg_store: str,
+                                                                     tmp_path: Path) -> None:
+    src = str(tmp_path / "json")
+
+    def on_json(*args: str) -> str:
+        return jctl("--store", src, *args).stdout
+
+    done = int(on_json("submit", "--", "true"))
+    jctl("--store", src, "worker", "--exit-when-idle")
+    mark = tmp_path / "mark"
+    queued = int(on_json("submit", "--env", "MARK=moved", "--", "sh", "-c", f'echo "$MARK" > {mark}'))
+    held = int(on_json("submit", "--hold", "--", "true"))
+    gone = int(on_json("submit", "--", "true"))
+    on_json("cancel", str(gone))
+    before = [(j["id"], j["state"], j["attempt"], j["exit_code"], j["waiting_for"])
+              for j in json.loads(on_json("status", "--json"))]
+
+    assert jctl("store", "migrate", "--from", src, "--to", pg_store).stdout.startswith("copied 4 job(s)")
+    after = [(j["id"], j["state"], j["attempt"], j["exit_code"], j["waiting_for"]) for j in status()]
+    assert after == before and [row[0] for row in after] == [done, queued, held, gone]
+    assert int(jctl("submit", "--", "true").stdout) == gone + 1  # ids go on, never reused
+    assert [e["event"] for e in map(json.loads, jctl("history", str(done), "--json").stdout.splitlines())] == [
+        "submitted", "started", "completed"]
+    pg_workers.start("--exit-when-idle")
+    wait_until(lambda: status(str(queued))[0]["state"] == "completed", what="the migrated job to run")
+    assert mark.read_text() == "moved\n"  # with the environment captured at submit
+    again = jctl("store", "migrate", "--from", src, "--to", pg_store, ok=False)
+    assert again.returncode == 1 and "is not empty" in again.stderr
+    missing = jctl("store", "migrate", "--from", str(tmp_path / "nope"), "--to", pg_store, ok=False)
+    assert missing.returncode == 2 and not (tmp_path / "nope").exists()

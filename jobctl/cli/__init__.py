@@ -4,7 +4,7 @@ from __future__ import annotations
 
 # Importing a module registers its commands; this order is the order of `jobctl --help`.
 from jobctl.cli import submit, status, stats, control, schedule, worker, housekeeping, doctor  # noqa: F401
-from jobctl.cli import progress, history  # noqa: F401
+from jobctl.cli import progress, history, storecmd  # noqa: F401
 from jobctl.cli import config as _config  # noqa: F401
 from jobctl.cli.app import app
 

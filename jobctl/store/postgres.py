@@ -347,6 +347,24 @@ class PostgresStore:
     def listen(self, name: str) -> _Listener:
         return _Listener(lambda: self.psycopg.connect(self.url, autocommit=True))
 
+    def import_jobs(self, jobs: Sequence[Job], envs: dict[str, dict[str, str]], events: Sequence[dict[str, Any]],
+                    next_id: int, paused: Collection[str]) -> None:
+        """Fill an empty store with another store's jobs, ids kept: one transaction, all or nothing."""
+        with self.conn.transaction():
+            self.conn.execute("LOCK TABLE jobctl_jobs IN EXCLUSIVE MODE")
+            row = self.conn.execute("SELECT count(*) FROM jobctl_jobs").fetchone()
+            if row and row[0]:
+                raise StoreError(f"store {_redacted(self.url)} is not empty ({row[0]} jobs); migrate only into a new one")
+            for ref, env in envs.items():
+                self.conn.execute("INSERT INTO jobctl_envs VALUES (%s, %s) ON CONFLICT DO NOTHING", (ref, json.dumps(env)))
+            for job in jobs:
+                self._put(job, 1, insert=True)
+            self._events(events)
+            for queue in paused:
+                self.conn.execute("INSERT INTO jobctl_paused VALUES (%s) ON CONFLICT DO NOTHING", (queue,))
+            if next_id > 1:
+                self.conn.execute("SELECT setval('jobctl_job_ids', %s)", (next_id - 1,))
+
     def check(self) -> list[tuple[str, str]]:
         count = self.conn.execute("SELECT count(*) FROM jobctl_jobs").fetchone()
         self.conn.commit()
