@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from jobctl.model import Job, State, WorkerRef
+from jobctl.errors import Conflict, NotFound
+from jobctl.model import FINISHED, Job, State, WorkerRef, iso, now
 from jobctl.scheduler import Capacity
 
 
@@ -49,6 +50,35 @@ class Guarded:
     event: dict[str, Any] | None = None
     """What to write in the audit trail (e.g. {"event": "cancel requested", "by": …}); by
     default a change of state is recorded as the new state, other changes not at all."""
+
+    def check(self, current: dict[str, Any] | None) -> None:
+        """Raise NotFound or Conflict unless the stored record `current` is as expected."""
+        job_id = self.job.id
+        if current is None:
+            raise NotFound(f"no job {job_id}")
+        worker = current.get("worker")
+        if (
+            current["state"] != self.expect_state.value
+            or current["attempt"] != self.expect_attempt
+            or (self.expect_worker is not None and (worker is None or WorkerRef(**worker) != self.expect_worker))
+        ):
+            raise Conflict(
+                f"job {job_id} is {current['state']} (attempt {current['attempt']}), "
+                f"not {self.expect_state.value} (attempt {self.expect_attempt})"
+            )
+
+    def audit_event(self, old: dict[str, Any]) -> dict[str, Any] | None:
+        """The audit event this update writes over the stored record `old`, if any."""
+        new = self.job
+        if self.event is None and old["state"] == new.state.value:
+            return None
+        event: dict[str, Any] = {"at": iso(now()), "job": new.id, "event": new.state.value, "attempt": new.attempt}
+        if new.state in FINISHED:
+            event.update(exit_code=new.exit_code, error=new.error)
+        if new.worker is not None:
+            event["worker"] = f"{new.worker.host}:{new.worker.pid}"
+        event.update(self.event or {})
+        return event
 
 
 class Waker(Protocol):

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from jobctl import fsutil
-from jobctl.errors import Conflict, NotFound, StoreDamaged, StoreError, StoreLocked, UsageError
+from jobctl.errors import NotFound, StoreDamaged, StoreError, StoreLocked, UsageError
 from jobctl.model import FINISHED, Job, State, WorkerRef, iso, now, transition
 from jobctl.scheduler import Capacity, pick, settle_all, unfit_reason
 from jobctl.store import wake
@@ -434,20 +434,10 @@ class JsonStore:
             current = self._current_many(hot, [c.job.id for c in changes])
             for change in changes:
                 cur = current.get(change.job.id)
-                if cur is None:
-                    raise NotFound(f"no job {change.job.id}")
-                worker = cur.get("worker")
-                if (
-                    cur["state"] != change.expect_state.value
-                    or cur["attempt"] != change.expect_attempt
-                    or (change.expect_worker is not None and (worker is None or WorkerRef(**worker) != change.expect_worker))
-                ):
-                    raise Conflict(
-                        f"job {change.job.id} is {cur['state']} (attempt {cur['attempt']}), "
-                        f"not {change.expect_state.value} (attempt {change.expect_attempt})"
-                    )
+                change.check(cur)
+                assert cur is not None
                 staged.append((change.job, cur["_v"] + 1))
-                event = _event_of(cur, change)
+                event = change.audit_event(cur)
                 if event is not None:
                     hot.events.append(event)
             for job, version in staged:
@@ -664,20 +654,6 @@ class JsonStore:
 
 
 _FINISHED_VALUES = frozenset(s.value for s in FINISHED)
-
-
-def _event_of(old: dict[str, Any], change: Guarded) -> dict[str, Any] | None:
-    """The audit event for one guarded update (see Guarded.event)."""
-    new = change.job
-    if change.event is None and old["state"] == new.state.value:
-        return None
-    event: dict[str, Any] = {"at": iso(now()), "job": new.id, "event": new.state.value, "attempt": new.attempt}
-    if new.state in FINISHED:
-        event.update(exit_code=new.exit_code, error=new.error)
-    if new.worker is not None:
-        event["worker"] = f"{new.worker.host}:{new.worker.pid}"
-    event.update(change.event or {})
-    return event
 
 
 def _dir_ids(path: Path) -> list[int]:

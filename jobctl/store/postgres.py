@@ -20,7 +20,7 @@ from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
-from jobctl.errors import Conflict, NotFound, StoreError, UsageError
+from jobctl.errors import NotFound, StoreError, UsageError
 from jobctl.model import FINISHED, UNFINISHED, Job, State, WorkerRef, iso, now, transition
 from jobctl.scheduler import Capacity, pick, settle_all
 from jobctl.store.base import Guarded, JobSpec
@@ -226,27 +226,15 @@ class PostgresStore:
             return claimed
 
     def update(self, changes: Sequence[Guarded]) -> list[Job]:
-        from jobctl.store.jsonfile import _event_of
-
         with self.conn.transaction():
             current = self._rows("id = ANY(%s)", [[c.job.id for c in changes]], lock="FOR UPDATE")
             staged = []
             for change in changes:
-                if change.job.id not in current:
-                    raise NotFound(f"no job {change.job.id}")
-                cur, version = current[change.job.id]
-                worker = cur.get("worker")
-                if (
-                    cur["state"] != change.expect_state.value
-                    or cur["attempt"] != change.expect_attempt
-                    or (change.expect_worker is not None and (worker is None or WorkerRef(**worker) != change.expect_worker))
-                ):
-                    raise Conflict(
-                        f"job {change.job.id} is {cur['state']} (attempt {cur['attempt']}), "
-                        f"not {change.expect_state.value} (attempt {change.expect_attempt})"
-                    )
+                cur, version = current.get(change.job.id, (None, 0))
+                change.check(cur)
+                assert cur is not None
                 staged.append((change.job, version + 1))
-                event = _event_of(cur, change)
+                event = change.audit_event(cur)
                 if event is not None:
                     self._events([event])
             for job, version in staged:
