@@ -88,3 +88,17 @@ def pid_alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def stderr_so_far(proc: Any) -> bytes:
+    """What a worker (a Popen with stderr=PIPE) printed on stderr so far, without blocking."""
+    import fcntl
+
+    fd = proc.stderr.fileno()
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
+    try:
+        chunk = os.read(fd, 65536)
+    except BlockingIOError:
+        chunk = b""
+    proc._seen = getattr(proc, "_seen", b"") + chunk
+    return proc._seen  # type: ignore[no-any-return]

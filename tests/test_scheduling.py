@@ -3,8 +3,6 @@ retries, delays, holds, unique keys, queues, pause, and CPU/GPU/memory slots."""
 
 from __future__ import annotations
 
-import fcntl
-import os
 import signal
 import sys
 import time
@@ -15,7 +13,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.helpers import FINISHED, cli, finish, job, jobs, pid_alive, submit, wait_until
+from tests.helpers import FINISHED, cli, finish, job, jobs, pid_alive, stderr_so_far, submit, wait_until
 
 USAGE, FAILED = 2, 1
 
@@ -53,18 +51,6 @@ def overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
 
 def span_job(log: Path, name: str, seconds: float = 0.2) -> str:
     return f"{stamp(log / f'start.{name}')}; sleep {seconds}; {stamp(log / f'end.{name}')}"
-
-
-def stderr_so_far(proc: Any) -> bytes:
-    """What a worker printed on stderr so far, without blocking."""
-    fd = proc.stderr.fileno()
-    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
-    try:
-        chunk = os.read(fd, 65536)
-    except BlockingIOError:
-        chunk = b""
-    proc._seen = getattr(proc, "_seen", b"") + chunk
-    return proc._seen  # type: ignore[no-any-return]
 
 
 # --- dependencies --------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import os
 import signal
 from pathlib import Path
 
-from tests.helpers import cli, job, submit, wait_until
+from tests.helpers import cli, job, stderr_so_far, submit, wait_until
 
 
 def finished(job_id: int) -> dict:
@@ -126,7 +126,7 @@ def test_sigterm_lets_running_jobs_finish_and_leaves_queued_ones(workers, tmp_pa
     proc = workers.start("--concurrency", "1")
     wait_until(lambda: job(running)["state"] == "running")
     proc.send_signal(signal.SIGTERM)
-    wait_until(lambda: b"stopping: waiting for 1 running job" in _peek(proc), what="SIGTERM acknowledged")
+    wait_until(lambda: b"stopping: waiting for 1 running job" in stderr_so_far(proc), what="SIGTERM acknowledged")
     go.touch()
     assert proc.wait(timeout=30) == 0
     assert job(running)["state"] == "completed"
@@ -139,7 +139,7 @@ def test_a_second_signal_returns_running_jobs_to_the_queue_uncharged(workers, tm
     wait_until(lambda: (tmp_path / "pid").exists() and (tmp_path / "pid").read_text().strip())
     pid = int((tmp_path / "pid").read_text())
     proc.send_signal(signal.SIGINT)
-    wait_until(lambda: b"signal again" in _peek(proc), what="first signal acknowledged")
+    wait_until(lambda: b"signal again" in stderr_so_far(proc), what="first signal acknowledged")
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=30) == 0
     record = job(i)
@@ -151,17 +151,3 @@ def _alive(pid: int) -> bool:
     from tests.helpers import pid_alive
 
     return pid_alive(pid)
-
-
-def _peek(proc) -> bytes:
-    """Read what the worker printed on stderr so far, without blocking."""
-    import fcntl
-
-    fd = proc.stderr.fileno()
-    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
-    try:
-        chunk = os.read(fd, 65536)
-    except BlockingIOError:
-        chunk = b""
-    proc._seen = getattr(proc, "_seen", b"") + chunk
-    return proc._seen
