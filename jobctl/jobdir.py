@@ -32,6 +32,14 @@ def job_dir(root: Path, job_id: int) -> Path:
     return root / "jobs" / str(int(job_id))
 
 
+def job_dir_ids(root: Path) -> list[int]:
+    """The ids of the job directories present under `<root>/jobs/` (with or without a record)."""
+    try:
+        return [int(e.name) for e in os.scandir(root / "jobs") if e.name.isdigit()]
+    except FileNotFoundError:
+        return []
+
+
 def manifest(job: Job) -> dict[str, Any]:
     """What a zip says about the job that made it; never the environment."""
     return {

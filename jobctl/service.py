@@ -377,7 +377,7 @@ def cleanup(
     ceiling = store.next_id()  # before the query: a job submitted after it has a larger id
     everything = store.query()
     known = {j.id for j in everything}
-    leftovers = sorted(i for i in _job_dir_ids(store.root) if i < ceiling and i not in known)
+    leftovers = sorted(i for i in jobdir.job_dir_ids(store.root) if i < ceiling and i not in known)
     finished = sorted((j for j in everything if j.state in wanted), key=lambda j: (j.finished_at or 0, j.id))
     victims = [j for j in finished if (j.finished_at or 0) <= at - older_than_s]
     measured = finished if max_total is not None else victims
@@ -385,7 +385,7 @@ def cleanup(
     sizes.update({i: jobdir.size(jobdir.job_dir(store.root, i)) for i in leftovers})
     if max_total is not None:
         chosen = {j.id for j in victims}
-        kept = sum(jobdir.size(jobdir.job_dir(store.root, i)) for i in _job_dir_ids(store.root))
+        kept = sum(jobdir.size(jobdir.job_dir(store.root, i)) for i in jobdir.job_dir_ids(store.root))
         kept -= sum(sizes[i] for i in chosen) + sum(sizes[i] for i in leftovers)
         for job in finished:
             if kept <= max_total:
@@ -406,13 +406,6 @@ def cleanup(
         store.prune_history(ids, {"at": iso(at), "job": None, "event": "cleaned up", "count": len(ids),
                                   "ids": _ranges(ids), "bytes": sum(sizes[i] for i in ids), "by": _who()})
     return CleanupReport(removed, freed + sum(sizes[j.id] for j in removed), False, sizes, leftovers)
-
-
-def _job_dir_ids(root: Path) -> list[int]:
-    try:
-        return [int(e.name) for e in os.scandir(root / "jobs") if e.name.isdigit()]
-    except FileNotFoundError:
-        return []
 
 
 def parse_ids(texts: Sequence[str]) -> list[int]:

@@ -36,6 +36,7 @@ from typing import Any
 
 from jobctl import fsutil
 from jobctl.errors import NotFound, StoreDamaged, StoreError, StoreLocked, UsageError
+from jobctl.jobdir import job_dir_ids
 from jobctl.model import FINISHED, Job, State, WorkerRef, iso, now, transition
 from jobctl.scheduler import Capacity, pick, settle_all, unfit_reason
 from jobctl.store import wake
@@ -73,12 +74,15 @@ class _Hot:
     paused: set[str] = field(default_factory=set)
     events: list[dict[str, Any]] = field(default_factory=list)
     dirty: bool = False
+    puts: int = 0
+    settled_at_put: int = -1
 
     def put(self, job: Job, version: int) -> None:
         rec = job.to_record()
         rec["_v"] = version
         self.records[job.id] = rec
         self.dirty = True
+        self.puts += 1
 
 
 class JsonStore:
@@ -175,7 +179,8 @@ class JsonStore:
         with self._lock():
             hot = self._read_hot()
             yield hot
-            self._settle(hot, now())
+            if hot.puts != hot.settled_at_put:  # a claim settled first and may have changed nothing since
+                self._settle(hot, now())
             if hot.dirty:
                 self._commit(hot)
 
@@ -183,6 +188,7 @@ class JsonStore:
         """Move on the waiting jobs that have nothing left to wait for (or a failed dependency)."""
         waiting = {i: Job.from_record(r) for i, r in hot.records.items() if r["state"] == "waiting"}
         if not waiting:
+            hot.settled_at_put = hot.puts
             return
 
         def states(ids: Collection[int]) -> dict[int, State]:
@@ -192,6 +198,7 @@ class JsonStore:
             hot.put(new, hot.records[job_id]["_v"] + 1)
             if new.state is not State.WAITING:
                 hot.events.append({"at": iso(at), "job": job_id, "event": new.state.value, "error": new.error})
+        hot.settled_at_put = hot.puts
 
     # --- reading -------------------------------------------------------------------------
 
@@ -582,7 +589,7 @@ class JsonStore:
         if orphans:
             findings.append(("note", f"running job(s) {', '.join(map(str, sorted(orphans)))} have lost their "
                                      "worker: the next `jobctl worker` on that host adopts them"))
-        leftovers = [i for i in _dir_ids(self.root / "jobs") if i < hot.next_id and i not in stored]
+        leftovers = [i for i in job_dir_ids(self.root) if i < hot.next_id and i not in stored]
         if leftovers:
             findings.append(("note", f"{len(leftovers)} job director(y/ies) without a record: "
                                      "`jobctl cleanup` removes them"))
@@ -654,13 +661,6 @@ class JsonStore:
 
 
 _FINISHED_VALUES = frozenset(s.value for s in FINISHED)
-
-
-def _dir_ids(path: Path) -> list[int]:
-    try:
-        return [int(e.name) for e in os.scandir(path) if e.name.isdigit()]
-    except FileNotFoundError:
-        return []
 
 
 def _cut_torn_tail(path: Path) -> None:
