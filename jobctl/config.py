@@ -25,6 +25,13 @@ def _duration(v: Any) -> float:
     return float(v) if not isinstance(v, str) else parse_duration(v)
 
 
+def _positive_duration(v: Any) -> float:
+    seconds = _duration(v)
+    if seconds <= 0:
+        raise UsageError("expected a duration longer than 0s")
+    return seconds
+
+
 def _size(v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, str)):
         raise UsageError("expected a size such as 512M or 20G")
@@ -79,7 +86,8 @@ KEYS: dict[str, Key] = {
     "max_lost": Key(_int(1), 3, int),
     "max_queued": Key(_int(0), 0, int),
     "cleanup_interval": Key(_duration, None, str),
-    "worker_timeout": Key(_duration, 30.0, str),
+    "worker_timeout": Key(_positive_duration, 30.0, str),
+    "worker_poll": Key(_positive_duration, 2.0, str),
     "defaults.concurrency": Key(_int(1), 2, int),
     "defaults.timeout": Key(_duration, None, str),
     "defaults.retries": Key(_int(0), 0, int),
@@ -176,7 +184,7 @@ class Config:
             value = value.get(part) if isinstance(value, dict) else None
         if value is None:
             value = key.default
-            if value is not None and key.parse is _duration:
+            if value is not None and key.parse in (_duration, _positive_duration):
                 value = format_duration(value)
         if value is None:
             return ""

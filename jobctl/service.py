@@ -273,9 +273,25 @@ def wait(store: Store, ids: Sequence[int], *, timeout_s: float | None = None) ->
 # --- logs -----------------------------------------------------------------------------------
 
 
+def _output_reachable(store: Store, job: Job) -> Path:
+    """The job's directory; an error saying where the output is when a job that ran on
+    another host has no directory here (output_root not shared, or not mounted here)."""
+    jd = jobdir.job_dir(store.root, job.id)
+    # A job claimed a moment ago may not have its directory yet: give its worker time.
+    settling = job.state is State.RUNNING and now() - (job.started_at or 0) < 10
+    if job.attempt and job.worker is not None and job.worker.host != socket.gethostname() and not settling \
+            and not jd.is_dir():
+        raise JobctlError(
+            f"job {job.id} ran on {job.worker.host}: its output ({jd}) is not reachable from this host "
+            f"({socket.gethostname()}); output_root must be a directory every host shares"
+        )
+    return jd
+
+
 def follow_log(store: Store, job_id: int, stream: str, emit: Callable[[bytes], None], *, tail: int | None) -> None:
     """Write the log to `emit`, then keep writing what the job adds until it finishes."""
     job = store.get(job_id)
+    _output_reachable(store, job)
     path = jobdir.log_path(store.root, job_id, stream)
     f = None
     try:
@@ -290,6 +306,8 @@ def follow_log(store: Store, job_id: int, stream: str, emit: Callable[[bytes], N
             if f is not None:
                 while chunk := f.read(1 << 16):
                     emit(chunk)
+            if f is None:
+                _output_reachable(store, job)  # it may have started elsewhere since
             if job.finished:
                 return
             time.sleep(0.1)
@@ -300,7 +318,7 @@ def follow_log(store: Store, job_id: int, stream: str, emit: Callable[[bytes], N
 
 
 def read_log(store: Store, job_id: int, stream: str, *, tail: int | None) -> bytes:
-    store.get(job_id)
+    _output_reachable(store, store.get(job_id))
     path = jobdir.log_path(store.root, job_id, stream)
     try:
         with open(path, "rb") as f:
@@ -330,7 +348,7 @@ def package(
     store: Store, job_id: int, *, include: Sequence[str], exclude: Sequence[str], logs: bool, dest: Path | None
 ) -> Path:
     job = store.get(job_id)
-    jd = jobdir.job_dir(store.root, job_id)
+    jd = _output_reachable(store, job)
     if not jd.is_dir() or jd.is_symlink():
         raise JobctlError(f"job {job_id} has no job directory yet (it has not started)")
     path = jobdir.package(job, jd, include=include, exclude=exclude, logs=logs, dest=dest)

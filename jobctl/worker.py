@@ -2,8 +2,9 @@
 
 One thread and one `selectors` loop. The loop sleeps until something happens: a submit
 wakes it through its FIFO, a supervisor's exit through a pidfd, SIGINT/SIGTERM through the
-signal wake-up fd. A slow fallback poll (POLL_S) covers a missed wake-up and cancel requests
-recorded while nobody could signal.
+signal wake-up fd. A slow fallback poll (config `worker_poll`, POLL_S by default) covers a
+missed wake-up and cancel requests recorded while nobody could signal; heartbeats go out at
+that interval too, or more often when `worker_timeout` needs it.
 """
 
 from __future__ import annotations
@@ -64,8 +65,12 @@ class Worker:
         queue_limits: Mapping[str, int] | None = None,
         retry_max_delay_s: float = 3600.0,
         max_lost: int = 3,
+        poll_s: float = POLL_S,
+        heartbeat_s: float = POLL_S,
     ) -> None:
         self.store = store
+        self.poll_s = poll_s
+        self.heartbeat_s = heartbeat_s
         self.concurrency = concurrency
         self.gpus = tuple(gpus)
         self.queue_limits = dict(queue_limits or {})
@@ -103,8 +108,10 @@ class Worker:
         ]
 
     def _next_due(self) -> float:
-        """Seconds until the earliest delayed or backed-off job may start (at most POLL_S)."""
-        return max(0.0, min([POLL_S, *(d - now() for d in self._timed_waits())]))
+        """Seconds until the earliest delayed or backed-off job may start, the next fallback
+        poll or the next heartbeat, whichever comes first."""
+        beat = self.last_orphan_check + self.heartbeat_s - time.monotonic()
+        return max(0.0, min([self.poll_s, beat, *(d - now() for d in self._timed_waits())]))
 
     def run(self) -> int:
         sig_r, sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -127,7 +134,7 @@ class Worker:
                     break
                 if started:
                     continue  # claim again at once: more may fit
-                for key, _ in self.sel.select(self._next_due() if not self.stopping else POLL_S):
+                for key, _ in self.sel.select(self._next_due() if not self.stopping else self.heartbeat_s):
                     if key.data == "wake":
                         wake.drain_and_rewatch(self.sel, waker)
                     elif key.data == "signal":
@@ -135,7 +142,7 @@ class Worker:
                     else:
                         self._reap(key.data)
                 self._check_cancels()
-                if time.monotonic() - self.last_orphan_check >= POLL_S:
+                if time.monotonic() - self.last_orphan_check >= self.heartbeat_s:
                     self.store.heartbeat()
                     self._adopt_orphans()
         finally:

@@ -67,6 +67,8 @@ def test_show(config_file):
         ("defaults.zip", "false"),
         ("cleanup.keep_failed", "false"),
         ("max_queued", "0"),
+        ("worker_poll", "2s"),
+        ("worker_timeout", "30s"),
         ("defaults.timeout", ""),  # no default: unset
         ("queues.gpu.concurrency", ""),
     ],
@@ -100,6 +102,8 @@ def test_unknown_key_is_refused(config_file, key):
         ("cleanup.max_total", "lots"),
         ("max_queued", "-1"),
         ("queues.gpu.rate", "fast"),
+        ("worker_poll", "0s"),
+        ("worker_timeout", "0"),
         ("store", ""),
     ],
 )

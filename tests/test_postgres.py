@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Workers
-from tests.helpers import JOBCTL, wait_until
+from tests.helpers import JOBCTL, stderr_so_far, wait_until
 
 
 @pytest.fixture
@@ -64,15 +64,18 @@ def test_jobs_run_end_to_end_on_a_postgresql_store(pg_workers: Workers, tmp_path
     assert events == ["submitted", "started", "progress", "completed"]
 
 
-def test_several_workers_on_one_database_run_each_job_once(pg_workers: Workers, tmp_path: Path) -> None:
+def test_four_workers_on_one_database_run_each_of_400_jobs_once(pg_workers: Workers, tmp_path: Path) -> None:
     effects = tmp_path / "effects"
-    lines = "".join(f"echo $JOBCTL_JOB_ID >> {effects}\n" for _ in range(80))
+    lines = "".join(f"echo $JOBCTL_JOB_ID.$JOBCTL_ATTEMPT >> {effects}\n" for _ in range(400))
     subprocess.run([JOBCTL, "submit", "--from", "-"], input=lines, text=True, check=True, capture_output=True)
-    procs = [pg_workers.start("--concurrency", "2", "--exit-when-idle") for _ in range(3)]
+    procs = [pg_workers.start("--concurrency", "2", "--exit-when-idle") for _ in range(4)]
     for proc in procs:
-        assert proc.wait(timeout=120) == 0
-    assert sorted(int(x) for x in effects.read_text().split()) == list(range(1, 81))
-    assert len({j["worker"]["pid"] for j in status()}) >= 2
+        assert proc.wait(timeout=240) == 0
+    runs = effects.read_text().split()
+    assert sorted(runs, key=lambda r: int(r.split(".")[0])) == [f"{i}.1" for i in range(1, 401)]  # once each
+    records = status()
+    assert {j["state"] for j in records} == {"completed"}
+    assert len({j["worker"]["pid"] for j in records}) >= 3  # shared out, not run by one worker
 
 
 def test_a_missing_output_root_and_an_unreachable_server_are_clear_errors(pg_store: str, tmp_path: Path) -> None:
@@ -157,3 +160,114 @@ def test_migrate_from_a_json_store_keeps_ids_states_and_environments(pg_workers:
     assert again.returncode == 1 and "is not empty" in again.stderr
     missing = jctl("store", "migrate", "--from", str(tmp_path / "nope"), "--to", pg_store, ok=False)
     assert missing.returncode == 2 and not (tmp_path / "nope").exists()
+
+
+def other_host(workers: Workers, name: str, *args: str, private: Path | None = None) -> subprocess.Popen[str]:
+    """A worker on "another host": its own hostname (UTS namespace) and its own processes (PID
+    namespace), so nothing on this host can see or signal its jobs. Only the database and the
+    shared output directory connect the two, as between real hosts; with `private`, that
+    directory is not shared either (a tmpfs mounted over it in the worker's mount namespace)."""
+    mount = f"mount -t tmpfs jobctl-test {private} && " if private else ""
+    proc = subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "--uts",
+         "sh", "-c", f'hostname {name} && {mount}exec "$0" worker "$@"', JOBCTL, *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    workers.procs.append(proc)
+    return proc
+
+
+def processes_of_job(store: str, job_id: int) -> list[int]:
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            env = proc.environ()
+        except (psutil.Error, OSError):
+            continue
+        if env.get("JOBCTL_STORE") == store and env.get("JOBCTL_JOB_ID") == str(job_id):
+            found.append(proc.pid)
+    return found
+
+
+def test_an_idle_worker_is_woken_by_the_notification_not_the_poll(pg_workers: Workers) -> None:
+    jctl("config", "set", "worker_poll", "10m")  # the fallback poll cannot start anything here
+    jctl("config", "set", "worker_timeout", "1h")  # nor can a heartbeat tick
+    worker = pg_workers.start()
+    wait_until(lambda: b"started:" in stderr_so_far(worker), what="the worker to be listening")
+    for _ in range(3):
+        i = int(jctl("submit", "--", "true").stdout)
+        wait_until(lambda i=i: status(str(i))[0]["state"] == "completed", timeout=10, what=f"job {i} to run")
+
+
+def test_cancel_of_a_job_running_on_another_host_is_carried_out_by_its_worker(
+    pg_workers: Workers, pg_store: str
+) -> None:
+    jctl("config", "set", "worker_poll", "10m")  # only the notification can bring the request
+    jctl("config", "set", "worker_timeout", "1h")
+    worker = other_host(pg_workers, "host-b")
+    i = int(jctl("submit", "--", "sleep", "300").stdout)
+    wait_until(lambda: status(str(i))[0]["state"] == "running", what="the job to start on host-b")
+    assert status(str(i))[0]["worker"]["host"] == "host-b"
+    assert processes_of_job(pg_store, i)  # the job's processes, seen from here
+
+    proc = jctl("cancel", str(i))
+    assert proc.stdout == f"cancelled job {i} (stopped its processes)\n"
+    [record] = status(str(i))
+    assert (record["state"], record["error"]) == ("cancelled", "cancelled")
+    wait_until(lambda: not processes_of_job(pg_store, i), timeout=5, what="the job's processes to end")
+    events = [json.loads(x) for x in jctl("history", str(i), "--json").stdout.splitlines()]
+    assert [e["event"] for e in events] == ["submitted", "started", "cancel requested", "cancelled"]
+    assert worker.poll() is None  # the worker goes on
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared-output", "private-output"])
+def test_logs_and_package_of_a_job_that_ran_on_another_host(pg_workers: Workers, tmp_path: Path,
+                                                            shared: bool) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    other_host(pg_workers, "host-b", "--exit-when-idle", private=None if shared else out)
+    i = int(jctl("submit", "--", "sh", "-c", "echo made on $(hostname)").stdout)
+    wait_until(lambda: status(str(i))[0]["state"] == "completed", what="the job to run on host-b")
+    logs, package = jctl("logs", str(i), ok=False), jctl("package", str(i), ok=False)
+    if shared:
+        assert (logs.returncode, logs.stdout) == (0, "made on host-b\n")
+        assert package.returncode == 0 and Path(package.stdout.strip()).is_file()
+    else:
+        where = f"job {i} ran on host-b: its output ({out / 'jobs' / str(i)}) is not reachable from this host"
+        for proc in (logs, package):
+            assert proc.returncode == 1 and proc.stdout == ""
+            assert proc.stderr.startswith(f"jobctl: error: {where}") and proc.stderr.count("\n") == 1
+
+
+def test_doctor_reports_silent_workers_and_damaged_rows_and_changes_nothing(pg_store: str, tmp_path: Path) -> None:
+    import psycopg
+
+    from jobctl.model import WorkerRef, now
+    from jobctl.scheduler import Capacity
+    from jobctl.store.postgres import PostgresStore
+
+    a, b, c = (int(jctl("submit", "--", "true").stdout) for _ in range(3))
+    store = PostgresStore(pg_store, output_root=tmp_path / "out")
+    store.claim(WorkerRef("gone-host", 4242), Capacity(free_slots=1, total_slots=1), at=now())  # job a, no heartbeat
+    store.close()
+    (tmp_path / "out").mkdir()
+    proc = jctl("doctor")
+    assert f"ok     {pg_store}: PostgreSQL 15." in proc.stdout and "3 job(s) (2 queued, 1 running)" in proc.stdout
+    assert f"note   job {a}: running on gone-host:4242, which is silent" in proc.stdout
+    assert "ok     0 live worker(s)" in proc.stdout and f"ok     output_root {tmp_path / 'out'}" in proc.stdout
+    assert "damage" not in proc.stdout
+
+    with psycopg.connect(pg_store, autocommit=True) as db:
+        db.execute("UPDATE jobctl_jobs SET record = jsonb_build_object('id', id) WHERE id = %s", (b,))
+        db.execute("DELETE FROM jobctl_envs")
+        before = db.execute("SELECT id, version, record FROM jobctl_jobs ORDER BY id").fetchall()
+        proc = jctl("doctor", ok=False)
+        assert db.execute("SELECT id, version, record FROM jobctl_jobs ORDER BY id").fetchall() == before
+    assert proc.returncode == 1 and proc.stderr.endswith("jobctl: error: the store is damaged (see above)\n")
+    assert f"damage job {b}: its record does not decode" in proc.stdout
+    assert f"damage job {c}: its environment" in proc.stdout and "DELETE FROM jobctl_jobs WHERE id = N" in proc.stderr
+    damaged = jctl("status", ok=False)  # every command: one clear line, no traceback
+    assert damaged.returncode == 1 and damaged.stderr.count("\n") == 1
+    assert f"the record of job {b} does not decode" in damaged.stderr and "run jobctl doctor" in damaged.stderr

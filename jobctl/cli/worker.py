@@ -43,6 +43,8 @@ def worker(
         queue_limits=s.config.queue_limits(),
         retry_max_delay_s=s.config.get("retry_max_delay"),
         max_lost=s.config.get("max_lost"),
+        poll_s=s.config.get("worker_poll"),
+        heartbeat_s=min(s.config.get("worker_poll"), s.config.get("worker_timeout") / 3),
     )
     raise typer.Exit(w.run())
 

@@ -8,7 +8,9 @@ the shared pure functions (scheduler.pick, scheduler.settle_all), so both stores
 Claims lock the queued rows they look at with FOR UPDATE SKIP LOCKED and serialise on one
 transaction-scoped advisory lock, so that per-queue limits hold across workers.
 
-Not yet used by the CLI: heartbeats, output_root and `store migrate` come next (issue 6).
+Workers heartbeat with the database's clock; one silent past `worker_timeout` is dead, and the
+live ones count its running attempts as lost. Job directories live under `output_root`, a
+directory every host shares.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
-from jobctl.errors import NotFound, StoreError, UsageError
+from jobctl.errors import NotFound, StoreDamaged, StoreError, UsageError
 from jobctl.model import FINISHED, UNFINISHED, Job, State, WorkerRef, iso, now, transition
 from jobctl.scheduler import Capacity, pick, settle_all
 from jobctl.store.base import Guarded, JobSpec
@@ -106,6 +108,15 @@ class PostgresStore:
         rows = self.conn.execute(f"SELECT id, record, version FROM jobctl_jobs WHERE {where} ORDER BY id {lock}", params)
         return {r[0]: (r[1], r[2]) for r in rows.fetchall()}
 
+    def _job(self, record: dict[str, Any]) -> Job:
+        """A row's record as a Job; a record that does not decode is damage, reported as such
+        (`jobctl doctor` lists every one), never a traceback."""
+        try:
+            return Job.from_record(record)
+        except (KeyError, TypeError, ValueError) as e:
+            raise StoreDamaged(f"store {_redacted(self.url)}: the record of job {record.get('id', '?')} "
+                               f"does not decode ({type(e).__name__}: {e}); run jobctl doctor") from None
+
     def _put(self, job: Job, version: int, *, insert: bool = False) -> None:
         rec = json.dumps(job.to_record())
         if insert:
@@ -127,7 +138,7 @@ class PostgresStore:
                               (event.get("job"), json.dumps(event)))
 
     def _settle(self, at: float) -> None:
-        waiting = {i: Job.from_record(r) for i, (r, _) in self._rows("state = 'waiting'", [], lock="FOR UPDATE").items()}
+        waiting = {i: self._job(r) for i, (r, _) in self._rows("state = 'waiting'", [], lock="FOR UPDATE").items()}
         if not waiting:
             return
 
@@ -159,7 +170,7 @@ class PostgresStore:
                         "SELECT record FROM jobctl_jobs WHERE unique_key = %s AND state = ANY(%s) FOR UPDATE",
                         (key, _UNFINISHED)).fetchone()
                     if row is not None:
-                        jobs.append(Job.from_record(row[0]))
+                        jobs.append(self._job(row[0]))
                         continue
                 data = json.dumps(spec.env, sort_keys=True, separators=(",", ":"))
                 ref = hashlib.sha256(data.encode()).hexdigest()[:32]
@@ -178,7 +189,7 @@ class PostgresStore:
         self.conn.commit()
         if row is None:
             raise NotFound(f"no job {job_id}")
-        return Job.from_record(row[0])
+        return self._job(row[0])
 
     def query(self, *, states: Collection[State] | None = None, queues: Collection[str] | None = None) -> list[Job]:
         where, params = ["TRUE"], []
@@ -189,9 +200,9 @@ class PostgresStore:
             where.append("queue = ANY(%s)")
             params.append(list(queues))
         rows = self.conn.execute(f"SELECT record FROM jobctl_jobs WHERE {' AND '.join(where)} ORDER BY id", params)
-        jobs = [Job.from_record(r[0]) for r in rows.fetchall()]
+        records = rows.fetchall()
         self.conn.commit()
-        return jobs
+        return [self._job(r[0]) for r in records]
 
     def env(self, job: Job) -> dict[str, str]:
         row = self.conn.execute("SELECT env FROM jobctl_envs WHERE ref = %s", (job.env_ref,)).fetchone()
@@ -216,7 +227,7 @@ class PostgresStore:
             cap = dataclasses.replace(capacity, paused=paused, running_per_queue=running)
             claimed = []
             gpu_ids = list(cap.free_gpu_ids)
-            for job in pick([Job.from_record(r) for r, _ in rows.values()], cap):
+            for job in pick([self._job(r) for r, _ in rows.values()], cap):
                 mine, gpu_ids = tuple(gpu_ids[: job.gpus]), gpu_ids[job.gpus :]
                 new = transition(job, State.RUNNING, at=at, worker=worker, attempt=job.attempt + 1, gpu_ids=mine)
                 self._put(new, rows[job.id][1] + 1)
@@ -354,9 +365,58 @@ class PostgresStore:
                 self.conn.execute("SELECT setval('jobctl_job_ids', %s)", (next_id - 1,))
 
     def check(self) -> list[tuple[str, str]]:
-        count = self.conn.execute("SELECT count(*) FROM jobctl_jobs").fetchone()
+        """What `jobctl doctor` reports: every row decodes and agrees with its columns, every
+        job's environment is there; running jobs whose worker went silent, the workers seen,
+        the clock difference with this host, and whether output_root is usable from here."""
+        import os
+        import socket
+
+        where = _redacted(self.url)
+        version, db_now = self.conn.execute("SELECT current_setting('server_version'), now()").fetchone() or ("", None)
+        rows = self.conn.execute("SELECT id, state, queue, priority, record FROM jobctl_jobs ORDER BY id").fetchall()
+        envs = {r[0] for r in self.conn.execute("SELECT ref FROM jobctl_envs")}
+        beats = {(h, p): age for h, p, age in self.conn.execute(
+            "SELECT host, pid, extract(epoch FROM now() - heartbeat)::float FROM jobctl_workers")}
         self.conn.commit()
-        return [("ok", f"{_redacted(self.url)}: {count[0] if count else 0} job(s), schema {SCHEMA}")]
+        findings: list[tuple[str, str]] = [("note", w) for w in self.warnings]
+        states: dict[str, int] = {}
+        for job_id, state, queue, priority, record in rows:
+            try:
+                job = Job.from_record(record)
+            except (KeyError, TypeError, ValueError) as e:
+                findings.append(("damage", f"job {job_id}: its record does not decode ({type(e).__name__}: {e})"))
+                continue
+            if (job.id, job.state.value, job.queue, job.priority) != (job_id, state, queue, priority):
+                findings.append(("damage", f"job {job_id}: its columns disagree with its record "
+                                           f"(state {state} vs {job.state.value})"))
+            if job.env_ref not in envs:
+                findings.append(("damage", f"job {job_id}: its environment {job.env_ref} is missing"))
+            if job.state is State.RUNNING and job.worker is not None:
+                age = beats.get((job.worker.host, job.worker.pid))
+                if age is None or age > self.worker_timeout:
+                    findings.append(("note", f"job {job_id}: running on {job.worker.host}:{job.worker.pid}, which "
+                                             "is silent; a live worker will count the attempt as lost "
+                                             "(or adopt it, on that host)"))
+            states[job.state.value] = states.get(job.state.value, 0) + 1
+        counts = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "no jobs"
+        findings.insert(0, ("ok", f"{where}: PostgreSQL {version}, schema {SCHEMA}, {len(rows)} job(s) ({counts})"))
+        live = sorted(f"{h}:{p}" for (h, p), age in beats.items() if age <= self.worker_timeout)
+        findings.append(("ok", f"{len(live)} live worker(s){': ' + ', '.join(live) if live else ''}"))
+        for (host, pid), age in sorted(beats.items()):
+            if age > self.worker_timeout:
+                findings.append(("note", f"worker {host}:{pid} has been silent for {age:.0f}s (worker_timeout "
+                                         f"{self.worker_timeout:g}s): counted as dead"))
+        if db_now is not None and abs(db_now.timestamp() - now()) > 2:
+            findings.append(("note", f"this host's clock is {now() - db_now.timestamp():+.1f}s off the database's; "
+                                     "heartbeats use the database's clock, job times this host's"))
+        if not self.root.is_dir():
+            findings.append(("note", f"output_root {self.root} does not exist on this host "
+                                     f"({socket.gethostname()}); it must be a directory every host shares"))
+        elif not os.access(self.root, os.W_OK | os.X_OK):
+            findings.append(("note", f"output_root {self.root} is not writable from this host"))
+        else:
+            findings.append(("ok", f"output_root {self.root}"))
+        return findings
 
 
 class _Listener:
