@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,10 +63,19 @@ def _str(v: Any) -> str:
     return v
 
 
+_RATE_WINDOWS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
 def _rate(v: Any) -> str:
-    if not isinstance(v, str) or not re.fullmatch(r"\d+/[smh]", v.strip()):
-        raise UsageError("expected a rate such as 30/m (per s, m or h)")
+    if not isinstance(v, str) or not re.fullmatch(r"0*[1-9]\d*/[smh]", v.strip()):
+        raise UsageError("expected a rate such as 30/m (at least 1, per s, m or h)")
     return v.strip()
+
+
+def rate_window(text: str) -> tuple[int, float]:
+    """"30/m" -> (30, 60.0): at most 30 starts in any 60 seconds."""
+    count, unit = text.split("/")
+    return int(count), _RATE_WINDOWS[unit]
 
 
 @dataclass(frozen=True)
@@ -195,11 +204,21 @@ class Config:
 
     def queue_limits(self) -> dict[str, int]:
         """`[queues.NAME] concurrency = N` for every queue that sets it."""
-        return {
-            key.split(".")[1]: value
-            for key, value in self.values.items()
-            if key.startswith("queues.") and key.endswith(".concurrency")
-        }
+        return self._per_queue("concurrency")
+
+    def _per_queue(self, name: str) -> dict[str, Any]:
+        suffix = f".{name}"
+        return {k.split(".")[1]: v for k, v in self.values.items() if k.startswith("queues.") and k.endswith(suffix)}
+
+    def max_queued(self, queues: Iterable[str]) -> dict[str, int]:
+        """The `max_queued` of each queue: its own `[queues.NAME] max_queued` if set, else the
+        global one, which is the default of every queue (0: no limit)."""
+        own = self._per_queue("max_queued")
+        return {q: own.get(q, self.get("max_queued")) for q in queues}
+
+    def rates(self) -> dict[str, tuple[int, float]]:
+        """`[queues.NAME] rate` of every queue that sets one, as (starts, window seconds)."""
+        return {q: rate_window(v) for q, v in self._per_queue("rate").items()}
 
     def with_value(self, dotted: str, text: str) -> dict[str, Any]:
         """The raw TOML table with `dotted` set from command-line text; validates first."""

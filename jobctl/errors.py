@@ -44,6 +44,10 @@ class StoreLocked(JobctlError):
     pass
 
 
+class QueueFull(JobctlError):
+    """A submit would take a queue past its `max_queued`; nothing was added."""
+
+
 class StoreDamaged(JobctlError):
     pass
 

@@ -10,7 +10,13 @@ oldest (lowest id) first. A job that needs more CPU slots or GPUs than are free 
 jobs behind it in its queue order (no backfilling), so a big job is never starved by a
 stream of small ones: the worker waits for running jobs to free what it needs. Jobs that
 cannot start for reasons that free slots do not change (a paused queue, a queue at its
-concurrency limit, more than the worker has at all) are passed over and block nobody.
+concurrency limit or start rate, more than the worker has at all) are passed over and
+block nobody.
+
+`rate_room` turns a queue's start rate (`rate = "30/m"`: at most 30 starts in any 60 s) and
+the recent starts a store keeps for it into how many more may start now; `queue_room`
+applies `max_queued` to a submit. Both stores call them inside the transaction that claims
+or submits, so the limits hold across every worker and submitter of the store.
 """
 
 from __future__ import annotations
@@ -104,6 +110,31 @@ class Capacity:
     queue_limits: Mapping[str, int] = field(default_factory=dict)
     """Most jobs of a queue running at once, across all workers."""
     running_per_queue: Mapping[str, int] = field(default_factory=dict)
+    rates: Mapping[str, tuple[int, float]] = field(default_factory=dict)
+    """Start rates from config: queue -> (most starts, per window in seconds)."""
+    rate_room: Mapping[str, int] = field(default_factory=dict)
+    """Filled in by the store (`rate_room`): how many more jobs of a rated queue may start now."""
+
+
+RATE_HORIZON_S = 3600.0
+"""The longest rate window (`N/h`): older starts never matter and are dropped."""
+
+
+def rate_room(rates: Mapping[str, tuple[int, float]], starts: Mapping[str, Sequence[float]], at: float) -> dict[str, int]:
+    """How many more jobs of each rated queue may start at `at`: the limit minus the starts
+    within the window that ends now (a sliding window, so no burst at a window's edge)."""
+    return {q: max(0, n - sum(1 for t in starts.get(q, ()) if t > at - window)) for q, (n, window) in rates.items()}
+
+
+def queue_room(pending: Mapping[str, int], adding: Mapping[str, int], limits: Mapping[str, int]) -> None:
+    """Refuse (QueueFull) a submit that would take a queue past its `max_queued`: `pending`
+    counts the queue's queued and waiting jobs, `adding` the new ones of this submit."""
+    from jobctl.errors import QueueFull
+
+    for queue, n in sorted(adding.items()):
+        limit = limits.get(queue, 0)
+        if limit and pending.get(queue, 0) + n > limit:
+            raise QueueFull(f"queue {queue} is full ({pending.get(queue, 0)} jobs)")
 
 
 def unfit_reason(job: Job, workers: Sequence[Mapping[str, Any]]) -> str | None:
@@ -133,6 +164,7 @@ def pick(candidates: Iterable[Job], cap: Capacity) -> list[Job]:
     chosen: list[Job] = []
     free_slots, free_gpus = cap.free_slots, len(cap.free_gpu_ids)
     running = dict(cap.running_per_queue)
+    room = dict(cap.rate_room)
     for job in sorted(candidates, key=lambda j: (-j.priority, j.id)):
         if job.state is not State.QUEUED or not fits_ever(job, cap):
             continue
@@ -143,8 +175,12 @@ def pick(candidates: Iterable[Job], cap: Capacity) -> list[Job]:
         limit = cap.queue_limits.get(job.queue)
         if limit is not None and running.get(job.queue, 0) >= limit:
             continue
+        if room.get(job.queue, 1) <= 0:
+            continue
         if job.cpus > free_slots or job.gpus > free_gpus:
             break
+        if job.queue in room:
+            room[job.queue] -= 1
         chosen.append(job)
         free_slots -= job.cpus
         free_gpus -= job.gpus

@@ -12,15 +12,15 @@ import selectors
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from jobctl import jobdir
-from jobctl.errors import Conflict, JobctlError, UsageError
-from jobctl.model import FINISHED, UNFINISHED, Job, State, iso, now, parse_job_id, transition, wait_code
-from jobctl.store.base import Guarded, JobSpec, Store
+from jobctl.errors import Conflict, JobctlError, QueueFull, UsageError
+from jobctl.model import FINISHED, UNFINISHED, Job, State, iso, now, parse_job_id, poll_after, transition, wait_code
+from jobctl.store.base import Guarded, JobSpec, Store, Waker
 from jobctl.store.wake import drain_and_rewatch
 
 # Variables that describe the job jobctl is running in; a job submitted from inside a job
@@ -85,10 +85,61 @@ def validate_command(command: Sequence[str]) -> tuple[str, ...]:
     return tuple(command)
 
 
-def submit(store: Store, specs: Sequence[JobSpec]) -> list[Job]:
+def submit(
+    store: Store,
+    specs: Sequence[JobSpec],
+    *,
+    max_queued: Mapping[str, int] | None = None,
+    block: bool = False,
+    on_full: Callable[[QueueFull], None] | None = None,
+) -> list[Job]:
+    """Store the jobs, all or none. A full queue (`max_queued`) refuses the whole batch
+    (QueueFull), or with `block` waits for room: woken by the store's notifications (a job
+    starting or finishing), with a fallback poll of a second, then tries again."""
     if not specs:
         raise UsageError("nothing to submit")
-    return store.submit(specs, at=now())
+    limits = {q: n for q, n in (max_queued or {}).items() if n}
+    told = False
+    with _Listening(store) as listening:
+        while True:
+            try:
+                return store.submit(specs, at=now(), max_queued=limits)
+            except QueueFull as e:
+                if not block:
+                    raise
+                if on_full is not None and not told:
+                    on_full(e)
+                    told = True
+                listening.wait(1.0)
+
+
+class _Listening:
+    """Wake-ups from the store (store.listen), opened on first use and closed at the end."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.waker: Waker | None = None
+        self.sel: selectors.BaseSelector | None = None
+
+    def __enter__(self) -> _Listening:
+        return self
+
+    def wait(self, timeout: float) -> None:
+        """Until a notification or `timeout` seconds; the first call only starts listening
+        (and returns at once: what happened before it would be missed otherwise)."""
+        if self.waker is None or self.sel is None:
+            self.waker = self.store.listen(f"wait-{os.getpid()}")
+            self.sel = selectors.DefaultSelector()
+            self.sel.register(self.waker.fileno(), selectors.EVENT_READ)
+            return
+        if self.sel.select(timeout):
+            drain_and_rewatch(self.sel, self.waker)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.sel is not None:
+            self.sel.close()
+        if self.waker is not None:
+            self.waker.close()
 
 
 # --- cancel ---------------------------------------------------------------------------------
@@ -237,35 +288,21 @@ def with_live_progress(store: Store, jobs: Sequence[Job]) -> list[Job]:
 def wait(store: Store, ids: Sequence[int], *, timeout_s: float | None = None) -> tuple[int, list[Job]]:
     """Block until every job is finished; returns (exit code of the SPEC, the jobs).
 
-    Wakes when a worker records a result (the store's notification), with a polling fallback
-    that backs off like `poll_after_s`.
+    Wakes when a worker records a result (the store's notification), with a fallback poll
+    that backs off as `poll_after_s` says (the youngest unfinished job's).
     """
     jobs = {i: store.get(i) for i in ids}
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    waker = None
-    sel = None
-    try:
+    with _Listening(store) as listening:
         while True:
             jobs = {i: (j if j.finished else store.get(i)) for i, j in jobs.items()}
             if all(j.finished for j in jobs.values()):
                 break
             if deadline is not None and time.monotonic() >= deadline:
                 raise JobctlError(f"timed out waiting for job(s) {', '.join(str(i) for i, j in jobs.items() if not j.finished)}")
-            if waker is None:
-                waker = store.listen(f"wait-{os.getpid()}")
-                sel = selectors.DefaultSelector()
-                sel.register(waker.fileno(), selectors.EVENT_READ)
-                continue  # look again: a result may have landed before we listened
-            assert sel is not None
-            oldest = min(j.created_at for j in jobs.values() if not j.finished)
-            pause = min(5.0, max(0.2, (now() - oldest) / 10))
-            if sel.select(pause):
-                drain_and_rewatch(sel, waker)
-    finally:
-        if sel is not None:
-            sel.close()
-        if waker is not None:
-            waker.close()
+            at = now()
+            pause = min(poll_after(j, at) or 0.5 for j in jobs.values() if not j.finished)
+            listening.wait(pause if deadline is None else min(pause, max(0.0, deadline - time.monotonic())))
     codes = [wait_code(jobs[i]) for i in ids]
     return next((c for c in codes if c), 0), [jobs[i] for i in ids]
 

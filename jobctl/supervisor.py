@@ -142,16 +142,9 @@ def _supervise(launch: Launch) -> None:
     for sig in STOP_SIGNALS:
         signal.signal(sig, on_signal)
 
-    out_dir = jd / "out"
-    out_dir.mkdir(mode=0o700, exist_ok=True)
+    (jd / "out").mkdir(mode=0o700, exist_ok=True)
     job = launch.job
-    env = dict(launch.env)
-    env.update(
-        JOBCTL_JOB_ID=str(job.id),
-        JOBCTL_ATTEMPT=str(job.attempt),
-        JOBCTL_OUTPUT_DIR=str(out_dir),
-        JOBCTL_STORE=launch.store,
-    )
+    env = {**launch.env, **job_variables(job, jd, launch.store)}
     if job.gpus or launch.hide_gpus:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in job.gpu_ids)
     _keep_earlier_logs(jd, job.attempt)
@@ -192,6 +185,16 @@ def _supervise(launch: Launch) -> None:
         except Exception as e:  # the job's outcome stands; the worker logs why there is no zip
             result["zip_error"] = f"packaging output.zip failed: {e}"
     fsutil.atomic_write(jd / RESULT_FILE, json.dumps(result).encode(), durable=False)
+
+
+def job_variables(job: Job, jd: Path, store: str) -> dict[str, str]:
+    """The `JOBCTL_*` variables a job runs with (its hooks get them too)."""
+    return {
+        "JOBCTL_JOB_ID": str(job.id),
+        "JOBCTL_ATTEMPT": str(job.attempt),
+        "JOBCTL_OUTPUT_DIR": str(jd / "out"),
+        "JOBCTL_STORE": store,
+    }
 
 
 def never_started(job: Job, at: float) -> Job:

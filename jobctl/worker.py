@@ -5,6 +5,12 @@ wakes it through its FIFO, a supervisor's exit through a pidfd, SIGINT/SIGTERM t
 signal wake-up fd. A slow fallback poll (config `worker_poll`, POLL_S by default) covers a
 missed wake-up and cancel requests recorded while nobody could signal; heartbeats go out at
 that interval too, or more often when `worker_timeout` needs it.
+
+Hooks and the periodic cleanup (jobctl.hooks) are children watched in the same loop, each
+through a pidfd; the loop also wakes for a hook's deadline and the next cleanup. On its way
+out (idle with `--exit-when-idle`, or stopping) the worker waits for its hooks, each bounded
+by `hooks.timeout`, and for a running cleanup at most CLEANUP_EXIT_WAIT_S; after that the
+cleanup is left to finish on its own. A second signal kills the hooks and exits at once.
 """
 
 from __future__ import annotations
@@ -20,15 +26,18 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from jobctl import supervisor
+from jobctl import hooks, supervisor
 from jobctl.errors import Conflict, JobctlError
 from jobctl.jobdir import job_dir
-from jobctl.model import Job, State, WorkerRef, command_line, format_duration, now, transition
+from jobctl.model import FINISHED, Job, State, WorkerRef, command_line, format_duration, iso, now, transition
 from jobctl.scheduler import Capacity
 from jobctl.store import wake
 from jobctl.store.base import Guarded, Store
 
 POLL_S = 2.0
+CLEANUP_EXIT_WAIT_S = 10.0
+"""How long a worker that is done waits for a running cleanup before leaving it to finish
+alone (it is a separate process; an interrupted cleanup would only leave work for the next)."""
 
 
 @dataclass
@@ -67,8 +76,14 @@ class Worker:
         max_lost: int = 3,
         poll_s: float = POLL_S,
         heartbeat_s: float = POLL_S,
+        on_finish: str | None = None,
+        on_failure: str | None = None,
+        hook_timeout_s: float = 30.0,
+        cleanup_interval_s: float | None = None,
+        rates: Mapping[str, tuple[int, float]] | None = None,
     ) -> None:
         self.store = store
+        self.rates = dict(rates or {})
         self.poll_s = poll_s
         self.heartbeat_s = heartbeat_s
         self.concurrency = concurrency
@@ -84,6 +99,14 @@ class Worker:
         self.ref = WorkerRef(socket.gethostname(), os.getpid())
         self.running: dict[int, Running] = {}
         self.stopping = 0  # 1: finish running jobs, start none; 2: hand running jobs back
+        self.hook_lines = {"on_finish": on_finish, "on_failure": on_failure}
+        self.hook_timeout_s = hook_timeout_s
+        self.cleanup_interval_s = cleanup_interval_s or None
+        self.next_cleanup = float("-inf")
+        self.children: dict[int, hooks.Child] = {}
+        """Hooks and the cleanup, by pidfd."""
+        self.leaving_since: float | None = None
+        """When the worker found itself done (idle or stopping) while children still ran."""
 
     def capacity(self) -> Capacity:
         busy = {g for r in self.running.values() for g in r.job.gpu_ids}
@@ -94,18 +117,28 @@ class Worker:
             total_gpus=len(self.gpus),
             queues=self.queues,
             queue_limits=self.queue_limits,
+            rates=self.rates,
         )
 
     def _timed_waits(self) -> list[float]:
         """When the delayed or backed-off jobs of this worker's queues may start (held ones
-        wait for a person, not a time). A delay that has run out while the job still waits for
-        a dependency is no reason to wake: the dependency's end will be."""
+        wait for a person, not a time), and when to look again at queued jobs of a queue at
+        its start rate (a start leaves the window every window/N seconds at the most). A delay
+        that has run out while the job still waits for a dependency is no reason to wake: the
+        dependency's end will be."""
         at = now()
-        return [
+        waits = [
             j.not_before
             for j in self.store.query(states=[State.WAITING], queues=self.queues)
             if j.not_before is not None and j.not_before > at and not j.held
         ]
+        # Queued jobs of a queue at its start rate are held back by time, too.
+        rated = self.rates if self.queues is None else {q: r for q, r in self.rates.items() if q in self.queues}
+        if rated:
+            for job in self.store.query(states=[State.QUEUED], queues=rated):
+                n, window = rated[job.queue]
+                waits.append(at + window / n)
+        return waits
 
     def _next_due(self) -> float:
         """Seconds until the earliest delayed or backed-off job may start, the next fallback
@@ -128,24 +161,35 @@ class Worker:
         self._adopt_orphans()
         try:
             while True:
+                self._start_cleanup()
                 started = self._fill() if not self.stopping else 0
                 idle = not started and not self._timed_waits()
                 if not self.running and (self.stopping or (self.exit_when_idle and idle)):
-                    break
+                    if self._may_leave():
+                        break
+                else:
+                    self.leaving_since = None  # a hook may have queued more work
                 if started:
                     continue  # claim again at once: more may fit
-                for key, _ in self.sel.select(self._next_due() if not self.stopping else self.heartbeat_s):
+                for key, _ in self.sel.select(self._select_timeout()):
                     if key.data == "wake":
                         wake.drain_and_rewatch(self.sel, waker)
                     elif key.data == "signal":
                         self._on_signals(os.read(sig_r, 64))
+                    elif isinstance(key.data, hooks.Child):
+                        self._child_ended(key.data)
                     else:
                         self._reap(key.data)
+                self._kill_overdue_hooks()
                 self._check_cancels()
                 if time.monotonic() - self.last_orphan_check >= self.heartbeat_s:
                     self.store.heartbeat()
                     self._adopt_orphans()
         finally:
+            for child in self.children.values():
+                os.close(child.pidfd)
+                if child.what == hooks.CLEANUP:
+                    self.log(f"cleanup (pid {child.proc.pid}) still running; left to finish on its own")
             unregister()
             self.sel.close()
             waker.close()
@@ -281,6 +325,8 @@ class Worker:
         took = "" if new.usage is None else f" in {format_duration(new.usage.wall_s)}"
         detail = f": {new.error}" if new.error else ""
         self.log(f"job {job.id} {new.state}{took}{detail}")
+        if new.state in FINISHED:
+            self._start_hooks(new)
 
     def _on_signals(self, received: bytes) -> None:
         for _ in received:
@@ -321,3 +367,101 @@ class Worker:
             run.stop_sent = True
         except ProcessLookupError:
             pass
+
+    # --- hooks and the periodic cleanup -------------------------------------------------------
+
+    def _select_timeout(self) -> float:
+        """The loop's usual wake-up, or earlier: a hook's deadline, the next cleanup, or the
+        end of the wait for a cleanup on the way out."""
+        mono = time.monotonic()
+        due = [self._next_due() if not self.stopping else self.heartbeat_s]
+        due += [c.deadline - mono for c in self.children.values() if c.deadline is not None and not c.killed]
+        if self._cleanup_wanted():
+            due.append(self.next_cleanup - mono)
+        give_up = None if self.leaving_since is None else self.leaving_since + CLEANUP_EXIT_WAIT_S
+        if give_up is not None and give_up > mono and any(c.what == hooks.CLEANUP for c in self.children.values()):
+            due.append(give_up - mono)
+        return max(0.0, min(due))
+
+    def _may_leave(self) -> bool:
+        """Whether a worker that is done may exit now: no hook runs, and no cleanup runs or
+        it has had its CLEANUP_EXIT_WAIT_S (a second signal waits for nothing)."""
+        mono = time.monotonic()
+        if self.leaving_since is None:
+            self.leaving_since = mono
+            if self.children and self.stopping < 2:
+                again = "; signal again to kill the hooks" if self.stopping else ""
+                self.log(f"{'stopping' if self.stopping else 'idle'}: waiting for {len(self.children)} "
+                         f"hook or cleanup process(es) before exiting{again}")
+        if any(c.what != hooks.CLEANUP for c in self.children.values()):
+            return False
+        return not self.children or self.stopping >= 2 or mono - self.leaving_since >= CLEANUP_EXIT_WAIT_S
+
+    def _watch_child(self, child: hooks.Child) -> None:
+        self.children[child.pidfd] = child
+        self.sel.register(child.pidfd, selectors.EVENT_READ, child)
+
+    def _start_hooks(self, job: Job) -> None:
+        """on_finish for every finished job, and on_failure too for a failed one."""
+        names = ["on_finish", "on_failure"] if job.state is State.FAILED else ["on_finish"]
+        jd = job_dir(self.store.root, job.id)
+        for name in names:
+            line = self.hook_lines[name]
+            if not line:
+                continue
+            try:
+                child = hooks.start_hook(name, line, job, jd, self.store.location, self.hook_timeout_s)
+            except OSError as e:
+                self._hook_failed(job.id, name, f"cannot start: {e.strerror or e}")
+                continue
+            self._watch_child(child)
+
+    def _kill_overdue_hooks(self) -> None:
+        mono = time.monotonic()
+        for child in self.children.values():
+            if child.killed or child.deadline is None:
+                continue
+            if self.stopping >= 2:
+                hooks.kill(child, "killed: the worker was stopped")
+            elif mono >= child.deadline:
+                hooks.kill(child, f"timed out after {format_duration(self.hook_timeout_s)}")
+
+    def _child_ended(self, child: hooks.Child) -> None:
+        del self.children[child.pidfd]
+        self.sel.unregister(child.pidfd)
+        os.close(child.pidfd)
+        child.proc.wait()  # it has exited: this only reaps it
+        if child.what == hooks.CLEANUP:
+            self.log(hooks.cleanup_summary(child))
+            return
+        error = hooks.hook_error(child)
+        if error is not None:
+            assert child.job_id is not None
+            self._hook_failed(child.job_id, child.what, error)
+
+    def _hook_failed(self, job_id: int, name: str, error: str) -> None:
+        """Logged and kept in the job's history; the job's state stays as it is."""
+        self.log(f"job {job_id}: hook {name} failed: {error}")
+        try:
+            self.store.append_history([{"at": iso(now()), "job": job_id, "event": "hook failed", "hook": name,
+                                        "error": error}])
+        except JobctlError as e:
+            self.log(f"job {job_id}: hook failure not added to the history: {e}")
+
+    def _cleanup_wanted(self) -> bool:
+        return (self.cleanup_interval_s is not None and not self.stopping and self.leaving_since is None
+                and not any(c.what == hooks.CLEANUP for c in self.children.values()))
+
+    def _start_cleanup(self) -> None:
+        """At start, then every `cleanup_interval` (counted from the last start); never two
+        at once, none once the worker is on its way out."""
+        if not self._cleanup_wanted() or time.monotonic() < self.next_cleanup:
+            return
+        assert self.cleanup_interval_s is not None
+        self.next_cleanup = time.monotonic() + self.cleanup_interval_s
+        try:
+            child = hooks.start_cleanup(self.store.location)
+        except OSError as e:
+            self.log(f"cleanup failed: cannot start: {e.strerror or e}")
+            return
+        self._watch_child(child)

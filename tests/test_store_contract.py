@@ -280,3 +280,77 @@ def test_concurrent_claimers_never_get_the_same_job(store: Store, tmp_path: Path
         assert sum(1 for ids in got if ids) >= 2
     for other in others:
         getattr(other, "close", lambda: None)()
+
+
+# --- limits and reuse (issue 7) ----------------------------------------------------------------
+
+
+def test_max_queued_refuses_a_whole_batch_that_would_overflow_and_adds_nothing(store: Store) -> None:
+    from jobctl.errors import QueueFull
+
+    store.submit([spec(queue="q"), spec(queue="q", held=True)], at=1.0, max_queued={"q": 3})  # queued + waiting
+    with pytest.raises(QueueFull, match=r"^queue q is full \(2 jobs\)$"):
+        store.submit([spec(queue="other"), spec(queue="q"), spec(queue="q")], at=2.0, max_queued={"q": 3})
+    assert [j.id for j in store.query()] == [1, 2]  # nothing of the batch, not even the other queue's
+    [third] = store.submit([spec(queue="q")], at=3.0, max_queued={"q": 3})
+    [running] = claim(store)  # a started job leaves room: only queued and waiting ones count
+    store.submit([spec(queue="q")], at=4.0, max_queued={"q": 3, "other": 0})
+    with pytest.raises(QueueFull):
+        store.submit([spec(queue="q")], at=5.0, max_queued={"q": 3})
+    assert running.id == 1 and store.submit([spec(queue="q")], at=6.0) != []  # no limit given: no limit
+
+
+def test_a_unique_submit_into_a_full_queue_that_adds_nothing_is_not_refused(store: Store) -> None:
+    [a] = store.submit([spec(unique_key="k")], at=1.0, max_queued={"default": 1})
+    [again] = store.submit([spec(unique_key="k")], at=2.0, max_queued={"default": 1})
+    assert again.id == a.id
+
+
+def test_reuse_returns_the_newest_completed_job_with_the_key_while_it_is_stored(store: Store) -> None:
+    [a] = store.submit([spec(unique_key="k")], at=1.0)
+    finish(store, claim(store)[0])
+    [b] = store.submit([spec(unique_key="k")], at=2.0)  # without reuse, finished jobs do not count
+    assert b.id == a.id + 1
+    done_b = finish(store, claim(store)[0])
+    for _ in range(FLUSH_AT + 2):  # push both out of the JSON store's hot state into its shards
+        store.submit([spec()], at=3.0)
+        finish(store, claim(store)[0])
+    [reused] = store.submit([JobSpec(replace(spec().job, unique_key="k"), {}, reuse=True)], at=4.0)
+    assert reused.id == b.id and reused.state is State.COMPLETED
+    [failed] = store.submit([spec(unique_key="f")], at=5.0)
+    finish(store, claim(store)[0], State.FAILED)
+    [fresh] = store.submit([JobSpec(replace(spec().job, unique_key="f"), {}, reuse=True)], at=6.0)
+    assert fresh.id != failed.id and fresh.state is State.QUEUED  # only completed jobs are reused
+    store.delete([done_b])
+    [after_cleanup] = store.submit([JobSpec(replace(spec().job, unique_key="k"), {}, reuse=True)], at=7.0)
+    assert after_cleanup.id == a.id  # b is gone; a, older, is still stored
+
+
+def test_claims_keep_to_a_queue_start_rate_across_workers(store: Store) -> None:
+    store.submit([spec(queue="r") for _ in range(5)] + [spec(queue="free")], at=1.0)
+    rates = {"r": (2, 10.0)}
+
+    def claim_at(worker: int, at: float) -> list[int]:
+        cap = Capacity(free_slots=4, total_slots=4, rates=rates)
+        return [j.id for j in store.claim(WorkerRef("host", worker), cap, at=at)]
+
+    assert claim_at(1, 100.0) == [1, 2, 6]  # two of the rated queue; the other queue is not held back
+    assert claim_at(2, 105.0) == []  # another worker: the same window
+    assert claim_at(2, 110.5) == [3, 4]  # the window slid past both starts
+    assert claim_at(1, 115.0) == []
+    assert claim_at(1, 120.6) == [5]
+
+
+@json_only
+def test_reuse_in_a_store_written_before_the_reuse_index_builds_it_from_the_shards(store: Store) -> None:
+    assert isinstance(store, JsonStore)
+    [a] = store.submit([spec(unique_key="k")], at=1.0)
+    finish(store, claim(store)[0])
+    for _ in range(FLUSH_AT + 1):
+        store.submit([spec()], at=2.0)
+        finish(store, claim(store)[0])
+    with store._transaction() as hot:  # as an older jobctl left it: no index in state.json
+        hot.reuse, hot.dirty = None, True
+    assert b'"reuse"' not in (store.root / "state.json").read_bytes()
+    [reused] = store.submit([JobSpec(replace(spec().job, unique_key="k"), {}, reuse=True)], at=3.0)
+    assert reused.id == a.id and b'"reuse"' in (store.root / "state.json").read_bytes()  # kept from now on

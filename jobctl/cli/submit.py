@@ -36,6 +36,8 @@ def submit(
     at: Annotated[str | None, typer.Option("--at", metavar="TIME", help="Start no sooner than TIME: 14:30 (local, next such time) or ISO 8601.")] = None,
     hold: Annotated[bool, typer.Option("--hold", help="Wait until `jobctl release ID`.")] = False,
     unique: Annotated[str | None, typer.Option(metavar="KEY", help="If an unfinished job has KEY, print its id and add nothing (cron-safe).")] = None,
+    reuse: Annotated[bool, typer.Option("--reuse", help="With --unique: a completed job with KEY, still stored, counts too (its id is printed, nothing runs).")] = False,
+    block: Annotated[bool, typer.Option("--block", help="If the queue is full (max_queued), wait for room instead of failing.")] = False,
     cpus: Annotated[int, typer.Option(metavar="N", min=1, help="Worker slots the job takes.")] = 1,
     mem: Annotated[str | None, typer.Option(metavar="SIZE", callback=parsed(parse_size), help="Memory limit of the job's process tree, e.g. 2G: exceeding it fails the job.")] = None,
     gpus: Annotated[int, typer.Option(metavar="N", min=0, help="GPUs the job needs (from `worker --gpus`), given to it in CUDA_VISIBLE_DEVICES.")] = 0,
@@ -49,6 +51,7 @@ def submit(
     `jobctl submit --priority high --name nightly -- ./backup.sh`;
     `jobctl submit --after 41 --retries 3 --retry-on 75 -- ./upload.sh`;
     `jobctl submit --at 02:00 --unique nightly-backup -- ./backup.sh`;
+    `jobctl submit --unique "render:$(sha1sum scene.blend)" --reuse --wait -- ./render.sh`;
     `jobctl submit --gpus 1 --mem 8G --timeout 2h -- python train.py`;
     `jobctl submit --from commands.txt`.
     """
@@ -73,6 +76,8 @@ def submit(
         commands = [service.validate_command(command or [])]
     if delay is not None and at is not None:
         raise UsageError("give --delay or --at, not both")
+    if reuse and unique is None:
+        raise UsageError("--reuse goes with --unique KEY")
     from jobctl.model import now, parse_job_id, parse_time
 
     not_before = now() + float(delay) if delay is not None else parse_time(at, now()) if at is not None else None
@@ -93,7 +98,9 @@ def submit(
     )
     from dataclasses import replace
 
-    jobs = service.submit(s.store, [JobSpec(replace(base, command=c), captured) for c in commands])
+    specs = [JobSpec(replace(base, command=c), captured, reuse=reuse) for c in commands]
+    jobs = service.submit(s.store, specs, max_queued=config.max_queued([queue]), block=block,
+                          on_full=lambda e: render.note(f"jobctl: {e}; waiting for room (--block)"))
     render.ids(jobs)
     if wait:
         code, _ = service.wait(s.store, [j.id for j in jobs])

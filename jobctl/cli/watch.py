@@ -6,7 +6,7 @@ from collections.abc import Collection
 from typing import Any
 
 from jobctl.cli.render import STATE_STYLE, command_text, elapsed, outcome_text
-from jobctl.model import Job, State, format_size, now
+from jobctl.model import Job, State, format_size, now, poll_after
 from jobctl.store.base import Store
 from jobctl.store.wake import drain_and_rewatch
 
@@ -18,7 +18,9 @@ ORDER = {State.RUNNING: 0, State.WAITING: 1, State.QUEUED: 1}
 
 def watch_jobs(store: Store, *, states: Collection[State] | None, queues: Collection[str] | None, color: bool) -> None:
     """Redraw on every store notification (submit, finish, cancel, retry, release, resume);
-    between them poll for progress, backing off from FIRST_S to MOST_S while nothing changes."""
+    between them poll for progress, backing off from FIRST_S while nothing changes, as
+    `poll_after_s` says for the youngest unfinished job, but to MOST_S at most: the view
+    shows progress and elapsed times, which change without a notification."""
     from rich.console import Console
     from rich.live import Live
 
@@ -43,12 +45,17 @@ def watch_jobs(store: Store, *, states: Collection[State] | None, queues: Collec
                     drain_and_rewatch(sel, waker)
                     pause = FIRST_S
                 else:
-                    pause = min(MOST_S, pause * 2)
+                    pause = min(MOST_S, pause * 2, youngest_poll(jobs))
     except KeyboardInterrupt:
         pass
     finally:
         sel.close()
         waker.close()
+
+
+def youngest_poll(jobs: Collection[Job]) -> float:
+    at = now()
+    return min((poll_after(j, at) or MOST_S for j in jobs if not j.finished), default=MOST_S)
 
 
 def view(jobs: list[Job], workers: list[dict[str, Any]], width: int, height: int) -> Any:

@@ -45,6 +45,11 @@ def worker(
         max_lost=s.config.get("max_lost"),
         poll_s=s.config.get("worker_poll"),
         heartbeat_s=min(s.config.get("worker_poll"), s.config.get("worker_timeout") / 3),
+        on_finish=s.config.get("hooks.on_finish"),
+        on_failure=s.config.get("hooks.on_failure"),
+        hook_timeout_s=s.config.get("hooks.timeout"),
+        cleanup_interval_s=s.config.get("cleanup_interval"),
+        rates=s.config.rates(),
     )
     raise typer.Exit(w.run())
 

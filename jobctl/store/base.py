@@ -9,7 +9,7 @@ instead of overwriting somebody else's change.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,6 +29,8 @@ class JobSpec:
 
     job: Job
     env: dict[str, str]
+    reuse: bool = False
+    """With a unique key: a completed job with that key, still stored, is returned too."""
 
     def new_job(self, job_id: int, env_ref: str, at: float) -> Job:
         j = self.job
@@ -100,12 +102,14 @@ class Store(Protocol):
     warnings: list[str]
     """Things the user must know about this store (e.g. it is on a network filesystem)."""
 
-    def submit(self, specs: Sequence[JobSpec], *, at: float) -> list[Job]:
+    def submit(self, specs: Sequence[JobSpec], *, at: float, max_queued: Mapping[str, int] | None = None) -> list[Job]:
         """Allocate ids and store the jobs, all or none, durably before returning.
 
         A spec whose `unique_key` an unfinished job already has adds nothing: that job is
-        returned in its place. Refuses (UsageError, nothing stored) a dependency on an id the
-        store does not have.
+        returned in its place (with `reuse`, also the newest completed job with that key).
+        Refuses (UsageError, nothing stored) a dependency on an id the store does not have,
+        and (QueueFull, nothing stored) a batch that would take a queue's queued and waiting
+        jobs past `max_queued[queue]` (`scheduler.queue_room`).
         """
 
     def get(self, job_id: int) -> Job:
@@ -124,7 +128,9 @@ class Store(Protocol):
 
     def claim(self, worker: WorkerRef, capacity: Capacity, *, at: float) -> list[Job]:
         """Atomically move the next runnable jobs that fit `capacity` to `running` for `worker`
-        (`scheduler.pick`, with the store's paused queues and running counts filled in).
+        (`scheduler.pick`, with the store's paused queues, running counts and, for the queues
+        in `capacity.rates`, the room their recent starts leave filled in; it records the
+        starts of rated queues for the next claim, whoever makes it).
 
         Each returned job has its attempt counted. No two callers ever get the same job attempt.
         """

@@ -28,7 +28,7 @@ import os
 import socket
 import time
 import zlib
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +38,7 @@ from jobctl import fsutil
 from jobctl.errors import NotFound, StoreDamaged, StoreError, StoreLocked, UsageError
 from jobctl.jobdir import job_dir_ids
 from jobctl.model import FINISHED, Job, State, WorkerRef, iso, now, transition
-from jobctl.scheduler import Capacity, pick, settle_all, unfit_reason
+from jobctl.scheduler import RATE_HORIZON_S, Capacity, pick, queue_room, rate_room, settle_all, unfit_reason
 from jobctl.store import wake
 from jobctl.store.base import Guarded, JobSpec
 
@@ -72,6 +72,11 @@ class _Hot:
     next_id: int
     records: dict[int, dict[str, Any]]
     paused: set[str] = field(default_factory=set)
+    starts: dict[str, list[float]] = field(default_factory=dict)
+    """Recent start times of rate-limited queues (scheduler.rate_room)."""
+    reuse: dict[str, list[int]] | None = field(default_factory=dict)
+    """unique_key -> ids of the stored completed jobs with it, for `submit --reuse`; None in a
+    store written before this index existed (built from the shards on first need)."""
     events: list[dict[str, Any]] = field(default_factory=list)
     dirty: bool = False
     puts: int = 0
@@ -83,6 +88,10 @@ class _Hot:
         self.records[job.id] = rec
         self.dirty = True
         self.puts += 1
+        if self.reuse is not None and job.unique_key is not None and job.state is State.COMPLETED:
+            ids = self.reuse.setdefault(job.unique_key, [])
+            if job.id not in ids:
+                ids.append(job.id)
 
 
 class JsonStore:
@@ -217,7 +226,8 @@ class JsonStore:
             state = decode_line(data.rstrip(b"\n"))
             if state["schema"] > SCHEMA:
                 raise StoreError(f"store {self.root} has schema {state['schema']}; this jobctl reads up to {SCHEMA}")
-            return _Hot(state["next_id"], {r["id"]: r for r in state["jobs"]}, set(state.get("paused", ())))
+            return _Hot(state["next_id"], {r["id"]: r for r in state["jobs"]}, set(state.get("paused", ())),
+                        starts=state.get("starts", {}), reuse=state.get("reuse"))
         except (ValueError, KeyError, TypeError) as e:
             raise self._damaged(self._state, str(e)) from None
 
@@ -341,6 +351,10 @@ class JsonStore:
             "schema": SCHEMA, "next_id": hot.next_id, "paused": sorted(hot.paused),
             "jobs": list(hot.records.values()),
         }
+        if hot.starts:
+            state["starts"] = hot.starts
+        if hot.reuse is not None:
+            state["reuse"] = hot.reuse
         fsutil.atomic_write(self._state, encode_line(state))
         if hot.events:
             self._append_events(hot.events)
@@ -367,7 +381,7 @@ class JsonStore:
             fsutil.atomic_write(path, data)
         return ref
 
-    def submit(self, specs: Sequence[JobSpec], *, at: float) -> list[Job]:
+    def submit(self, specs: Sequence[JobSpec], *, at: float, max_queued: Mapping[str, int] | None = None) -> list[Job]:
         jobs = []
         with self._transaction() as hot:
             # Under the lock, so that `prune` (cleanup) never removes an environment that a
@@ -382,6 +396,10 @@ class JsonStore:
             known = self._current_many(hot, deps)
             unique = {r["unique_key"]: r for r in hot.records.values()
                       if r.get("unique_key") and r["state"] not in _FINISHED_VALUES}
+            if hot.reuse is None and any(spec.reuse for spec in specs):
+                hot.reuse, hot.dirty = self._reuse_index(hot), True  # built once, then kept up to date
+            adding: dict[str, int] = {}
+            jobs_start = hot.next_id
             for spec, ref in zip(specs, env_refs, strict=True):
                 missing = sorted(d for d in (*spec.job.depends_on, *spec.job.depends_any) if d not in known)
                 if missing:
@@ -390,6 +408,11 @@ class JsonStore:
                 if unique_key is not None and unique_key in unique:
                     jobs.append(Job.from_record(unique[unique_key]))
                     continue
+                if unique_key is not None and spec.reuse and (hot.reuse or {}).get(unique_key):
+                    newest = max((hot.reuse or {})[unique_key])
+                    jobs.append(Job.from_record(self._current_many(hot, [newest])[newest]))
+                    continue
+                adding[spec.job.queue] = adding.get(spec.job.queue, 0) + 1
                 job = spec.new_job(hot.next_id, ref, at)
                 hot.next_id += 1
                 hot.put(job, 1)
@@ -397,8 +420,22 @@ class JsonStore:
                     unique[job.unique_key] = hot.records[job.id]
                 hot.events.append({"at": iso(at), "job": job.id, "event": "submitted", **(job.submitter or {})})
                 jobs.append(job)
+            if max_queued:
+                pending: dict[str, int] = {}
+                for r in hot.records.values():
+                    if r["state"] in ("queued", "waiting") and r["id"] < jobs_start:
+                        pending[r["queue"]] = pending.get(r["queue"], 0) + 1
+                queue_room(pending, adding, max_queued)  # raises before anything is written
         self.notify_workers()
         return jobs
+
+    def _reuse_index(self, hot: _Hot) -> dict[str, list[int]]:
+        """unique_key -> completed jobs, from every stored record (once per store)."""
+        index: dict[str, list[int]] = {}
+        for job in self.query(states=[State.COMPLETED]):
+            if job.unique_key is not None:
+                index.setdefault(job.unique_key, []).append(job.id)
+        return index
 
     def claim(self, worker: WorkerRef, capacity: Capacity, *, at: float) -> list[Job]:
         with self._transaction() as hot:
@@ -413,7 +450,11 @@ class JsonStore:
             for r in hot.records.values():
                 if r["state"] == "running":
                     running[r["queue"]] = running.get(r["queue"], 0) + 1
-            cap = dataclasses.replace(capacity, paused=frozenset(hot.paused), running_per_queue=running)
+            if capacity.rates or hot.starts:
+                hot.starts = {q: ts for q, ts in ((q, [t for t in ts if t > at - RATE_HORIZON_S])
+                                                   for q, ts in hot.starts.items()) if ts}
+            cap = dataclasses.replace(capacity, paused=frozenset(hot.paused), running_per_queue=running,
+                                      rate_room=rate_room(capacity.rates, hot.starts, at))
             self._note_unfit(hot, candidates, self.workers())
             claimed = []
             gpu_ids = list(cap.free_gpu_ids)
@@ -425,6 +466,8 @@ class JsonStore:
                     "at": iso(at), "job": job.id, "event": "started", "attempt": new.attempt,
                     "worker": f"{worker.host}:{worker.pid}",
                 })
+                if job.queue in capacity.rates:
+                    hot.starts.setdefault(job.queue, []).append(at)
                 claimed.append(new)
             return claimed
 
@@ -470,6 +513,11 @@ class JsonStore:
             for job_id in doomed:
                 if hot.records.pop(job_id, None) is not None:
                     hot.dirty = True
+            if hot.reuse and doomed:
+                kept = {k: [i for i in ids if i not in doomed] for k, ids in hot.reuse.items()}
+                kept = {k: ids for k, ids in kept.items() if ids}
+                if kept != hot.reuse:
+                    hot.reuse, hot.dirty = kept, True
             return list(doomed.values())
 
     def _rewrite_shard(self, n: int, drop: Collection[int]) -> None:

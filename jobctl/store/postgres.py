@@ -18,19 +18,20 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from jobctl.errors import NotFound, StoreDamaged, StoreError, UsageError
 from jobctl.model import FINISHED, UNFINISHED, Job, State, WorkerRef, iso, now, transition
-from jobctl.scheduler import Capacity, pick, settle_all
+from jobctl.scheduler import RATE_HORIZON_S, Capacity, pick, queue_room, rate_room, settle_all
 from jobctl.store.base import Guarded, JobSpec
 
 SCHEMA = 1
 CHANNEL = "jobctl"
 CLAIM_LOCK = 0x6A6F6263  # "jobc": one advisory lock serialises claims
 SCHEMA_LOCK = 0x6A6F6273
+SUBMIT_LOCK = 0x6A6F6271  # serialises submits to queues with max_queued
 _UNFINISHED = sorted(s.value for s in UNFINISHED)
 
 DDL = """
@@ -51,7 +52,10 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobctl_jobs_unique ON jobctl_jobs (unique_key)
     WHERE unique_key IS NOT NULL AND state IN ('queued', 'waiting', 'running');
 CREATE TABLE IF NOT EXISTS jobctl_envs (ref text PRIMARY KEY, env jsonb NOT NULL);
 CREATE TABLE IF NOT EXISTS jobctl_history (n bigserial PRIMARY KEY, job bigint, event jsonb NOT NULL);
+CREATE INDEX IF NOT EXISTS jobctl_jobs_key ON jobctl_jobs (unique_key, id) WHERE unique_key IS NOT NULL;
 CREATE TABLE IF NOT EXISTS jobctl_paused (queue text PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS jobctl_starts (queue text NOT NULL, at double precision NOT NULL);
+CREATE INDEX IF NOT EXISTS jobctl_starts_queue ON jobctl_starts (queue, at);
 CREATE TABLE IF NOT EXISTS jobctl_workers (
     host text NOT NULL, pid integer NOT NULL, info jsonb NOT NULL, heartbeat timestamptz NOT NULL,
     PRIMARY KEY (host, pid)
@@ -155,9 +159,12 @@ class PostgresStore:
 
     # --- the contract ------------------------------------------------------------------------
 
-    def submit(self, specs: Sequence[JobSpec], *, at: float) -> list[Job]:
-        jobs = []
+    def submit(self, specs: Sequence[JobSpec], *, at: float, max_queued: Mapping[str, int] | None = None) -> list[Job]:
+        jobs, new_ids = [], []
+        adding: dict[str, int] = {}
         with self.conn.transaction():
+            if max_queued:
+                self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (SUBMIT_LOCK,))
             deps = sorted({d for s in specs for d in (*s.job.depends_on, *s.job.depends_any)})
             known = {r[0] for r in self.conn.execute("SELECT id FROM jobctl_jobs WHERE id = ANY(%s)", (deps,))}
             for spec in specs:
@@ -169,9 +176,14 @@ class PostgresStore:
                     row = self.conn.execute(
                         "SELECT record FROM jobctl_jobs WHERE unique_key = %s AND state = ANY(%s) FOR UPDATE",
                         (key, _UNFINISHED)).fetchone()
+                    if row is None and spec.reuse:
+                        row = self.conn.execute(
+                            "SELECT record FROM jobctl_jobs WHERE unique_key = %s AND state = 'completed' "
+                            "ORDER BY id DESC LIMIT 1", (key,)).fetchone()
                     if row is not None:
                         jobs.append(self._job(row[0]))
                         continue
+                adding[spec.job.queue] = adding.get(spec.job.queue, 0) + 1
                 data = json.dumps(spec.env, sort_keys=True, separators=(",", ":"))
                 ref = hashlib.sha256(data.encode()).hexdigest()[:32]
                 self.conn.execute("INSERT INTO jobctl_envs VALUES (%s, %s) ON CONFLICT DO NOTHING", (ref, data))
@@ -180,6 +192,12 @@ class PostgresStore:
                 self._put(job, 1, insert=True)
                 self._events([{"at": iso(at), "job": job.id, "event": "submitted", **(job.submitter or {})}])
                 jobs.append(job)
+                new_ids.append(job.id)
+            if max_queued:
+                pending: dict[str, int] = dict(self.conn.execute(
+                    "SELECT queue, count(*) FROM jobctl_jobs WHERE state IN ('queued', 'waiting') "
+                    "AND queue = ANY(%s) AND NOT id = ANY(%s) GROUP BY queue", (list(adding), new_ids)).fetchall())
+                queue_room(pending, adding, max_queued)  # raises: the transaction rolls back
             self._settle(now())
         self.notify_workers()
         return jobs
@@ -224,7 +242,14 @@ class PostgresStore:
             running: dict[str, int] = dict(self.conn.execute(
                 "SELECT queue, count(*) FROM jobctl_jobs WHERE state = 'running' GROUP BY queue").fetchall())
             paused = frozenset(r[0] for r in self.conn.execute("SELECT queue FROM jobctl_paused"))
-            cap = dataclasses.replace(capacity, paused=paused, running_per_queue=running)
+            starts: dict[str, list[float]] = {}
+            if capacity.rates:
+                self.conn.execute("DELETE FROM jobctl_starts WHERE at <= %s", (at - RATE_HORIZON_S,))
+                for queue, t in self.conn.execute("SELECT queue, at FROM jobctl_starts WHERE queue = ANY(%s)",
+                                                  (sorted(capacity.rates),)):
+                    starts.setdefault(queue, []).append(t)
+            cap = dataclasses.replace(capacity, paused=paused, running_per_queue=running,
+                                      rate_room=rate_room(capacity.rates, starts, at))
             claimed = []
             gpu_ids = list(cap.free_gpu_ids)
             for job in pick([self._job(r) for r, _ in rows.values()], cap):
@@ -233,6 +258,8 @@ class PostgresStore:
                 self._put(new, rows[job.id][1] + 1)
                 self._events([{"at": iso(at), "job": job.id, "event": "started", "attempt": new.attempt,
                                "worker": f"{worker.host}:{worker.pid}"}])
+                if job.queue in capacity.rates:
+                    self.conn.execute("INSERT INTO jobctl_starts VALUES (%s, %s)", (job.queue, at))
                 claimed.append(new)
             return claimed
 
