@@ -86,3 +86,22 @@ def test_reuse_returns_the_completed_job_instead_of_running_again(workers: Worke
     assert int(cli("submit", "--unique", "build:abc", "--reuse", "--", *command).stdout) == rerun  # the newest
     bad = cli("submit", "--reuse", "--", "true", ok=False)
     assert (bad.returncode, bad.stderr) == (2, "jobctl: error: --reuse goes with --unique KEY\n")
+
+
+def test_poll_after_s_grows_with_a_jobs_age_and_is_null_once_it_finished(jobctl_env: Path) -> None:
+    import time
+
+    from jobctl.model import Job
+    from jobctl.store.base import JobSpec
+    from jobctl.store.jsonfile import JsonStore
+    from tests.helpers import job
+
+    fresh = int(cli("submit", "--hold", "--", "true").stdout)
+    spec = JobSpec(Job(id=0, command=("true",), cwd="/", created_at=0.0, held=True), {})
+    [old] = JsonStore(jobctl_env).submit([spec], at=time.time() - 120)  # submitted two minutes ago
+    [older] = JsonStore(jobctl_env).submit([spec], at=time.time() - 3600)
+    polls = {j["id"]: j["poll_after_s"] for j in jobs()}
+    assert polls[fresh] == 0.5 and 11.0 <= polls[old.id] <= 13.0 and polls[older.id] == 30.0  # capped
+    cli("cancel", str(fresh))
+    assert job(fresh)["poll_after_s"] is None
+
