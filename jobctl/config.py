@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from jobctl.errors import ConfigError, UsageError
 from jobctl.model import format_duration, parse_duration, parse_size
@@ -78,8 +76,7 @@ def rate_window(text: str) -> tuple[int, float]:
     return int(count), _RATE_WINDOWS[unit]
 
 
-@dataclass(frozen=True)
-class Key:
+class Key(NamedTuple):
     parse: Callable[[Any], Any]
     default: Any
     # How `config set` stores the text it is given: durations and sizes stay text.
@@ -175,6 +172,8 @@ class Config:
             raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
         except UnicodeDecodeError as e:
             raise ConfigError(f"{path}: not valid TOML: not UTF-8 (byte {e.start})") from None
+        import tomllib  # only when there is a file: its import alone costs ~2 ms
+
         try:
             return cls(tomllib.loads(text), path)
         except tomllib.TOMLDecodeError as e:

@@ -13,6 +13,25 @@ from pathlib import Path
 
 from jobctl.errors import StoreError
 
+
+def sha256_hex(data: bytes) -> str:
+    """SHA-256 of `data` in hex, from the interpreter's built-in implementation when it has
+    one: `hashlib` initialises OpenSSL on import, about 2 ms on every command's start."""
+    try:
+        from _sha256 import sha256  # type: ignore[import-not-found]  # CPython 3.11
+    except ImportError:
+        try:
+            from _sha2 import sha256  # type: ignore[import-not-found]  # CPython 3.12 and later
+        except ImportError:
+            from hashlib import sha256
+    digest: str = sha256(data).hexdigest()
+    return digest
+
+
+def hostname() -> str:
+    """This host's name, as socket.gethostname() gives it, without importing socket."""
+    return os.uname().nodename
+
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 

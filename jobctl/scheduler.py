@@ -21,12 +21,14 @@ or submits, so the limits hold across every worker and submitter of the store.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from jobctl.model import FINISHED, Job, State, iso, transition
+
+if TYPE_CHECKING:
+    import random
 
 ALL_QUEUES = "*"
 
@@ -52,7 +54,7 @@ def settle(job: Job, state_of: Callable[[int], State | None], at: float) -> Job:
 
 
 def _waiting(job: Job, why: str) -> Job:
-    return job if job.waiting_for == why else replace(job, waiting_for=why)
+    return job if job.waiting_for == why else job._replace(waiting_for=why)
 
 
 def settle_all(
@@ -82,7 +84,11 @@ def retry_delay(job: Job, max_delay_s: float, rng: random.Random | None = None) 
     """Back-off before attempt `job.attempt + 1`: retry_delay doubled per attempt made, with
     ±10 % jitter (so many failing jobs do not retry in lockstep), capped at max_delay_s."""
     base = job.retry_delay_s * 2.0 ** min(max(0, job.attempt - 1), 64)  # 2**64 s: past any cap
-    jitter = float((rng or random.Random()).uniform(0.9, 1.1))
+    if rng is None:
+        import random  # here, not at import: only a worker recording a failure needs it
+
+        rng = random.Random()
+    jitter = float(rng.uniform(0.9, 1.1))
     return float(min(max_delay_s, base * jitter))
 
 
@@ -94,8 +100,10 @@ def should_retry(job: Job, exit_code: int | None, reason: str | None) -> bool:
     return not job.retry_on or exit_code in job.retry_on
 
 
-@dataclass(frozen=True)
-class Capacity:
+_NONE: Mapping[str, Any] = MappingProxyType({})
+
+
+class Capacity(NamedTuple):
     """What one worker can give right now, and the limits it must respect."""
 
     free_slots: int
@@ -107,12 +115,12 @@ class Capacity:
     """Queues this worker serves; None for all."""
     paused: frozenset[str] = frozenset()
     """Paused queue names; ALL_QUEUES pauses every queue."""
-    queue_limits: Mapping[str, int] = field(default_factory=dict)
+    queue_limits: Mapping[str, int] = _NONE
     """Most jobs of a queue running at once, across all workers."""
-    running_per_queue: Mapping[str, int] = field(default_factory=dict)
-    rates: Mapping[str, tuple[int, float]] = field(default_factory=dict)
+    running_per_queue: Mapping[str, int] = _NONE
+    rates: Mapping[str, tuple[int, float]] = _NONE
     """Start rates from config: queue -> (most starts, per window in seconds)."""
-    rate_room: Mapping[str, int] = field(default_factory=dict)
+    rate_room: Mapping[str, int] = _NONE
     """Filled in by the store (`rate_room`): how many more jobs of a rated queue may start now."""
 
 

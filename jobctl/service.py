@@ -10,14 +10,12 @@ import getpass
 import os
 import selectors
 import signal
-import socket
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from jobctl import jobdir
+from jobctl import fsutil, jobdir
 from jobctl.errors import Conflict, JobctlError, QueueFull, UsageError
 from jobctl.model import FINISHED, UNFINISHED, Job, State, iso, now, parse_job_id, poll_after, transition, wait_code
 from jobctl.store.base import Guarded, JobSpec, Store, Waker
@@ -59,7 +57,7 @@ def submitter() -> dict[str, Any]:
         user = getpass.getuser()
     except (KeyError, OSError):
         user = str(os.getuid())
-    return {"user": user, "host": socket.gethostname(), "pid": os.getpid()}
+    return {"user": user, "host": fsutil.hostname(), "pid": os.getpid()}
 
 
 def resolve_cwd(cwd: str | None) -> str:
@@ -145,12 +143,15 @@ class _Listening:
 # --- cancel ---------------------------------------------------------------------------------
 
 
-@dataclass
 class CancelOutcome:
-    cancelled: list[int] = field(default_factory=list)
-    stopped: list[int] = field(default_factory=list)
-    still_stopping: list[int] = field(default_factory=list)
-    finished: list[Job] = field(default_factory=list)
+    """What `cancel` did to each job. (Plain classes here and for CleanupReport: this module
+    is on every command's start-up path, and a dataclass compiles its methods at import.)"""
+
+    def __init__(self) -> None:
+        self.cancelled: list[int] = []
+        self.stopped: list[int] = []
+        self.still_stopping: list[int] = []
+        self.finished: list[Job] = []
 
 
 def cancel(
@@ -213,7 +214,7 @@ def cancel(
 
 
 def _with(job: Job, **changes: Any) -> Job:
-    return replace(job, **changes)
+    return job._replace(**changes)
 
 
 # --- retry and release ---------------------------------------------------------------------
@@ -242,7 +243,7 @@ def release(store: Store, ids: Sequence[int]) -> list[Job]:
     wrong = [j for j in jobs if not (j.held and j.state is State.WAITING)]
     if wrong:
         raise JobctlError(f"not held: {', '.join(f'{j.id} ({j.state.value})' for j in wrong)}")
-    store.update([Guarded(replace(j, held=False), State.WAITING, j.attempt, event={"event": "released", "by": _who()})
+    store.update([Guarded(j._replace(held=False), State.WAITING, j.attempt, event={"event": "released", "by": _who()})
                   for j in jobs])
     store.notify_workers()
     return [store.get(i) for i in ids]
@@ -277,7 +278,7 @@ def with_live_progress(store: Store, jobs: Sequence[Job]) -> list[Job]:
         if job.state is State.RUNNING:
             live = jobdir.read_progress(jobdir.job_dir(store.root, job.id), job.attempt)
             if live is not None:
-                job = replace(job, progress=live)
+                job = job._replace(progress=live)
         out.append(job)
     return out
 
@@ -316,11 +317,11 @@ def _output_reachable(store: Store, job: Job) -> Path:
     jd = jobdir.job_dir(store.root, job.id)
     # A job claimed a moment ago may not have its directory yet: give its worker time.
     settling = job.state is State.RUNNING and now() - (job.started_at or 0) < 10
-    if job.attempt and job.worker is not None and job.worker.host != socket.gethostname() and not settling \
+    if job.attempt and job.worker is not None and job.worker.host != fsutil.hostname() and not settling \
             and not jd.is_dir():
         raise JobctlError(
             f"job {job.id} ran on {job.worker.host}: its output ({jd}) is not reachable from this host "
-            f"({socket.gethostname()}); output_root must be a directory every host shares"
+            f"({fsutil.hostname()}); output_root must be a directory every host shares"
         )
     return jd
 
@@ -400,13 +401,12 @@ def package(
 # --- cleanup --------------------------------------------------------------------------------
 
 
-@dataclass
-class CleanupReport:
+class CleanupReport(NamedTuple):
     removed: list[Job]
     bytes_freed: int
     dry_run: bool
     sizes: dict[int, int]
-    leftovers: list[int] = field(default_factory=list)
+    leftovers: list[int]
     """Job directories without a record (left by an interrupted cleanup), removed too."""
 
 

@@ -22,7 +22,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -274,7 +274,7 @@ class Worker:
                 continue
             if (owner.host, owner.pid) in live:
                 continue
-            mine = replace(job, worker=self.ref)
+            mine = job._replace(worker=self.ref)
             try:
                 self.store.update([Guarded(mine, State.RUNNING, job.attempt, expect_worker=owner,
                                            event={"event": "adopted", "from": f"{owner.host}:{owner.pid}"})])

@@ -236,3 +236,21 @@ def test_the_wheel_installs_the_man_page_and_completions(tmp_path: Path) -> None
     assert {data + p for p in ("share/man/man1/jobctl.1", "share/bash-completion/completions/jobctl.bash",
                                "share/zsh/site-functions/_jobctl", "share/fish/vendor_completions.d/jobctl.fish")} <= names
     assert zipfile.ZipFile(wheel).read(data + "share/man/man1/jobctl.1") == (ROOT / "man" / "jobctl.1").read_bytes()
+
+
+def test_the_lazy_command_table_names_every_command_and_its_module() -> None:
+    """jobctl.cli.app.COMMANDS drives lazy loading and the order of --help: every command a
+    module of jobctl/cli registers must be in it, under that very module."""
+    import importlib
+    import pkgutil
+
+    import jobctl.cli
+    from jobctl.cli.app import COMMANDS, app
+
+    for info in pkgutil.iter_modules(jobctl.cli.__path__):
+        importlib.import_module(f"jobctl.cli.{info.name}")
+    found = {(c.name or c.callback.__name__): c.callback.__module__ for c in app.registered_commands}  # type: ignore[union-attr]
+    found.update({g.name: g.typer_instance.registered_commands[0].callback.__module__  # type: ignore[misc,union-attr]
+                  for g in app.registered_groups})
+    assert sorted(found) == sorted(COMMANDS)
+    assert found == {name: f"jobctl.cli.{module}" for name, module in COMMANDS.items()}

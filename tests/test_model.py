@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import replace
 
 import pytest
 from hypothesis import given
@@ -246,8 +245,8 @@ def test_transition_keeps_explicit_stamps() -> None:
 
 
 def test_retry_clears_the_previous_outcome() -> None:
-    failed = replace(
-        _job_in(State.FAILED), started_at=110.0, finished_at=120.0, exit_code=3, signal=None,
+    failed = _job_in(State.FAILED)._replace(
+        started_at=110.0, finished_at=120.0, exit_code=3, signal=None,
         error="exit code 3", reason="exit", worker=WorkerRef("h", 1), cancel_requested=True,
         progress=Progress(50.0, "half"), attempt=1,
     )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -219,7 +218,7 @@ def test_job_records_round_trip_through_the_store(store: Store) -> None:
     [job] = store.submit([spec("a b", "c", name="n", labels=("x", "y"), priority=-3, timeout_s=5.0)], at=1.5)
     assert store.get(job.id) == job
     [running] = claim(store)
-    assert store.get(job.id) == running == replace(job, state=State.RUNNING, attempt=1, started_at=100.0, worker=WORKER)
+    assert store.get(job.id) == running == job._replace(state=State.RUNNING, attempt=1, started_at=100.0, worker=WORKER)
 
 
 def test_a_failed_dependency_fails_the_whole_chain_in_the_same_write(store: Store) -> None:
@@ -315,14 +314,14 @@ def test_reuse_returns_the_newest_completed_job_with_the_key_while_it_is_stored(
     for _ in range(FLUSH_AT + 2):  # push both out of the JSON store's hot state into its shards
         store.submit([spec()], at=3.0)
         finish(store, claim(store)[0])
-    [reused] = store.submit([JobSpec(replace(spec().job, unique_key="k"), {}, reuse=True)], at=4.0)
+    [reused] = store.submit([JobSpec(spec().job._replace(unique_key="k"), {}, reuse=True)], at=4.0)
     assert reused.id == b.id and reused.state is State.COMPLETED
     [failed] = store.submit([spec(unique_key="f")], at=5.0)
     finish(store, claim(store)[0], State.FAILED)
-    [fresh] = store.submit([JobSpec(replace(spec().job, unique_key="f"), {}, reuse=True)], at=6.0)
+    [fresh] = store.submit([JobSpec(spec().job._replace(unique_key="f"), {}, reuse=True)], at=6.0)
     assert fresh.id != failed.id and fresh.state is State.QUEUED  # only completed jobs are reused
     store.delete([done_b])
-    [after_cleanup] = store.submit([JobSpec(replace(spec().job, unique_key="k"), {}, reuse=True)], at=7.0)
+    [after_cleanup] = store.submit([JobSpec(spec().job._replace(unique_key="k"), {}, reuse=True)], at=7.0)
     assert after_cleanup.id == a.id  # b is gone; a, older, is still stored
 
 
@@ -352,5 +351,5 @@ def test_reuse_in_a_store_written_before_the_reuse_index_builds_it_from_the_shar
     with store._transaction() as hot:  # as an older jobctl left it: no index in state.json
         hot.reuse, hot.dirty = None, True
     assert b'"reuse"' not in (store.root / "state.json").read_bytes()
-    [reused] = store.submit([JobSpec(replace(spec().job, unique_key="k"), {}, reuse=True)], at=3.0)
+    [reused] = store.submit([JobSpec(spec().job._replace(unique_key="k"), {}, reuse=True)], at=3.0)
     assert reused.id == a.id and b'"reuse"' in (store.root / "state.json").read_bytes()  # kept from now on

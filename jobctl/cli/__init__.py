@@ -1,12 +1,16 @@
-"""The command line: the only code that imports typer or rich."""
+"""The command line: the only code that imports typer or rich.
+
+Commands load lazily: `jobctl submit` imports and builds only `submit` (see
+`app.JobctlGroup`), so a command's start-up does not pay for the other sixteen. COMMANDS is
+the order of `jobctl --help` and where each command lives; a test checks it against the
+modules.
+"""
 
 from __future__ import annotations
 
-# Importing a module registers its commands; this order is the order of `jobctl --help`.
-from jobctl.cli import submit, status, stats, control, schedule, worker, housekeeping, doctor  # noqa: F401
-from jobctl.cli import progress, history, storecmd  # noqa: F401
-from jobctl.cli import config as _config  # noqa: F401
 from jobctl.cli.app import app
+
+__all__ = ["app", "main"]
 
 
 def main() -> None:

@@ -1,6 +1,8 @@
-"""The Typer application, its global options, and the one place errors become exit codes."""
+"""The Typer application, its global options, and the one place errors become exit codes.
 
-from __future__ import annotations
+No `from __future__ import annotations` here: typer reads the annotations of `main` and of
+the option callbacks on every start, and evaluating them from strings costs time.
+"""
 
 import os
 import sys
@@ -53,7 +55,33 @@ def session(ctx: typer.Context) -> Session:
     return obj
 
 
+COMMANDS: dict[str, str] = {
+    "submit": "submit", "status": "status", "stats": "stats",
+    "cancel": "control", "wait": "control", "logs": "control",
+    "retry": "schedule", "release": "schedule", "pause": "schedule", "resume": "schedule",
+    "worker": "worker", "cleanup": "housekeeping", "package": "housekeeping", "doctor": "doctor",
+    "progress": "progress", "history": "history", "store": "storecmd", "config": "config",
+}
+"""Every command, in the order of `jobctl --help`, and the module of jobctl.cli defining it."""
+
+
 class JobctlGroup(TyperGroup):
+    """The root command. Its subcommands are built on first use: `get_command` imports the
+    module that defines one (which registers it on `app`) and turns only that into a click
+    command, instead of typer building all of them (signatures, annotations, callbacks) on
+    every start."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            import importlib
+
+            importlib.import_module(f"jobctl.cli.{COMMANDS[cmd_name]}")
+            self.commands.update(_built(cmd_name))
+        return self.commands.get(cmd_name)
+
     def _main_shell_completion(self, ctx_args: MutableMapping[str, Any], prog_name: str,
                                complete_var: str | None = None) -> None:
         """Serve `_JOBCTL_COMPLETE=complete_bash|zsh|fish` for the scripts in completions/.
@@ -110,6 +138,22 @@ def parsed(parse: Callable[[str], T]) -> Callable[[str | None], T | None]:
             raise typer.BadParameter(str(e)) from None
 
     return callback
+
+
+def _built(name: str) -> dict[str, Any]:
+    """The click command (or group) `name`, from what its module registered on `app`."""
+    import typer.main
+
+    for info in app.registered_commands:
+        if (info.name or typer.main.get_command_name(info.callback.__name__)) == name:  # type: ignore[union-attr]
+            return {name: typer.main.get_command_from_info(
+                info, pretty_exceptions_short=app.pretty_exceptions_short, rich_markup_mode=app.rich_markup_mode)}
+    for group in app.registered_groups:
+        if group.name == name:
+            return {name: typer.main.get_group_from_info(
+                group, pretty_exceptions_short=app.pretty_exceptions_short, rich_markup_mode=app.rich_markup_mode,
+                suggest_commands=app.suggest_commands)}
+    return {}
 
 
 app = typer.Typer(

@@ -96,9 +96,7 @@ def submit(
         zip=zip_ if zip_ is not None else config.get("defaults.zip"),
         submitter=service.submitter(),
     )
-    from dataclasses import replace
-
-    specs = [JobSpec(replace(base, command=c), captured, reuse=reuse) for c in commands]
+    specs = [JobSpec(base._replace(command=c), captured, reuse=reuse) for c in commands]
     jobs = service.submit(s.store, specs, max_queued=config.max_queued([queue]), block=block,
                           on_full=lambda e: render.note(f"jobctl: {e}; waiting for room (--block)"))
     render.ids(jobs)

@@ -8,19 +8,16 @@ instead of overwriting somebody else's change.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from jobctl.errors import Conflict, NotFound
 from jobctl.model import FINISHED, Job, State, WorkerRef, iso, now
 from jobctl.scheduler import Capacity
 
 
-@dataclass(frozen=True)
-class JobSpec:
+class JobSpec(NamedTuple):
     """A job as `submit` describes it, and the environment captured for it.
 
     The store fills in what is its to give: the id, `created_at`, `env_ref`, and the first
@@ -35,13 +32,12 @@ class JobSpec:
     def new_job(self, job_id: int, env_ref: str, at: float) -> Job:
         j = self.job
         waits = bool(j.depends_on or j.depends_any or j.held or j.not_before)
-        return dataclasses.replace(
-            j, id=job_id, env_ref=env_ref, created_at=at, state=State.WAITING if waits else State.QUEUED
+        return j._replace(
+            id=job_id, env_ref=env_ref, created_at=at, state=State.WAITING if waits else State.QUEUED
         )
 
 
-@dataclass(frozen=True)
-class Guarded:
+class Guarded(NamedTuple):
     """A new version of a job, written only if the stored one still has this state and attempt."""
 
     job: Job

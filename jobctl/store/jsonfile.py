@@ -20,17 +20,13 @@ always current there; among `done/` lines of one job, the highest `_v` wins.
 
 from __future__ import annotations
 
-import dataclasses
 import fcntl
-import hashlib
 import json
 import os
-import socket
 import time
 import zlib
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,20 +63,31 @@ def decode_line(line: bytes) -> Any:
     return json.loads(body)
 
 
-@dataclass
 class _Hot:
-    next_id: int
-    records: dict[int, dict[str, Any]]
-    paused: set[str] = field(default_factory=set)
-    starts: dict[str, list[float]] = field(default_factory=dict)
-    """Recent start times of rate-limited queues (scheduler.rate_room)."""
-    reuse: dict[str, list[int]] | None = field(default_factory=dict)
-    """unique_key -> ids of the stored completed jobs with it, for `submit --reuse`; None in a
-    store written before this index existed (built from the shards on first need)."""
-    events: list[dict[str, Any]] = field(default_factory=list)
-    dirty: bool = False
-    puts: int = 0
-    settled_at_put: int = -1
+    """state.json as one transaction sees and changes it (a plain class: a dataclass would
+    compile its methods on every command's start)."""
+
+    def __init__(
+        self,
+        next_id: int,
+        records: dict[int, dict[str, Any]],
+        paused: set[str] | None = None,
+        *,
+        starts: dict[str, list[float]] | None = None,
+        reuse: dict[str, list[int]] | None = None,
+    ) -> None:
+        self.next_id = next_id
+        self.records = records
+        self.paused = paused if paused is not None else set()
+        self.starts = starts if starts is not None else {}
+        """Recent start times of rate-limited queues (scheduler.rate_room)."""
+        self.reuse = reuse
+        """unique_key -> ids of the stored completed jobs with it, for `submit --reuse`; None in
+        a store written before this index existed (built from the shards on first need)."""
+        self.events: list[dict[str, Any]] = []
+        self.dirty = False
+        self.puts = 0
+        self.settled_at_put = -1
 
     def put(self, job: Job, version: int) -> None:
         rec = job.to_record()
@@ -324,7 +331,7 @@ class JsonStore:
             data = path.read_bytes()
         except FileNotFoundError:
             raise self._damaged(path, "missing") from None
-        if hashlib.sha256(data).hexdigest()[:32] != job.env_ref:
+        if fsutil.sha256_hex(data)[:32] != job.env_ref:
             raise self._damaged(path, "checksum mismatch")
         env: dict[str, str] = json.loads(data)
         return env
@@ -375,7 +382,7 @@ class JsonStore:
 
     def _save_env(self, env: dict[str, str]) -> str:
         data = json.dumps(env, sort_keys=True, separators=(",", ":")).encode()
-        ref = hashlib.sha256(data).hexdigest()[:32]
+        ref = fsutil.sha256_hex(data)[:32]
         path = self._env / f"{ref}.json"
         if not path.exists():
             fsutil.atomic_write(path, data)
@@ -453,7 +460,7 @@ class JsonStore:
             if capacity.rates or hot.starts:
                 hot.starts = {q: ts for q, ts in ((q, [t for t in ts if t > at - RATE_HORIZON_S])
                                                    for q, ts in hot.starts.items()) if ts}
-            cap = dataclasses.replace(capacity, paused=frozenset(hot.paused), running_per_queue=running,
+            cap = capacity._replace(paused=frozenset(hot.paused), running_per_queue=running,
                                       rate_room=rate_room(capacity.rates, hot.starts, at))
             self._note_unfit(hot, candidates, self.workers())
             claimed = []
@@ -476,7 +483,7 @@ class JsonStore:
         for job in queued:
             note = unfit_reason(job, workers)
             if note != job.waiting_for:
-                hot.put(dataclasses.replace(job, waiting_for=note), hot.records[job.id]["_v"] + 1)
+                hot.put(job._replace(waiting_for=note), hot.records[job.id]["_v"] + 1)
 
     def update(self, changes: Sequence[Guarded]) -> list[Job]:
         with self._transaction() as hot:
@@ -625,7 +632,7 @@ class JsonStore:
                 findings.append(("ok", f"{path}: {len(lines) - 1} line(s)"))
         for entry in os.scandir(self._env):
             data = Path(entry.path).read_bytes()
-            if entry.name.endswith(".json") and hashlib.sha256(data).hexdigest()[:32] != entry.name[:-5]:
+            if entry.name.endswith(".json") and fsutil.sha256_hex(data)[:32] != entry.name[:-5]:
                 findings.append(("damage", f"{entry.path}: content does not match its name (checksum)"))
         missing_env = sorted({r["env_ref"] for r in stored.values() if r["state"] not in _FINISHED_VALUES}
                              - {e.name[:-5] for e in os.scandir(self._env)})
@@ -743,7 +750,7 @@ def _lock_holder(fd: int) -> str:
                         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
                     except OSError:
                         cmd = "?"
-                    return f"pid {pid} ({cmd[:80]}) on {socket.gethostname()}"
+                    return f"pid {pid} ({cmd[:80]}) on {fsutil.hostname()}"
     except OSError:
         pass
     return "another process"

@@ -15,7 +15,6 @@ directory every host shares.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -248,7 +247,7 @@ class PostgresStore:
                 for queue, t in self.conn.execute("SELECT queue, at FROM jobctl_starts WHERE queue = ANY(%s)",
                                                   (sorted(capacity.rates),)):
                     starts.setdefault(queue, []).append(t)
-            cap = dataclasses.replace(capacity, paused=paused, running_per_queue=running,
+            cap = capacity._replace(paused=paused, running_per_queue=running,
                                       rate_room=rate_room(capacity.rates, starts, at))
             claimed = []
             gpu_ids = list(cap.free_gpu_ids)
