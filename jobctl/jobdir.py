@@ -32,6 +32,11 @@ def job_dir(root: Path, job_id: int) -> Path:
     return root / "jobs" / str(int(job_id))
 
 
+def jobs_prefix(root: Path) -> str:
+    """`<root>/jobs/`: with an id appended, `str(job_dir(root, id))`, without a Path per job."""
+    return os.path.join(root / "jobs", "")
+
+
 def job_dir_ids(root: Path) -> list[int]:
     """The ids of the job directories present under `<root>/jobs/` (with or without a record)."""
     try:
@@ -214,37 +219,160 @@ def _kind(name: str, dir_fd: int, arcname: str) -> str:
     return "device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file"
 
 
-def size(path: Path) -> int:
+def size(path: Path | str) -> int:
     """Bytes used below `path`, counting symlinks as themselves (never their targets)."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         return 0
-    if not stat.S_ISDIR(st.st_mode):
-        return st.st_size
+    return _below(os.fspath(path)) if stat.S_ISDIR(st.st_mode) else st.st_size
+
+
+def _below(path: str) -> int:
     total = 0
-    for dirpath, dirnames, filenames in os.walk(path, followlinks=False):
-        for name in filenames + dirnames:
+    try:
+        entries = os.scandir(path)
+    except OSError:
+        return 0
+    with entries:
+        for entry in entries:
             try:
-                total += os.lstat(os.path.join(dirpath, name)).st_size
+                total += entry.stat(follow_symlinks=False).st_size
+                if entry.is_dir(follow_symlinks=False):
+                    total += _below(entry.path)
             except FileNotFoundError:
                 pass
     return total
 
 
-def remove(root: Path, job_id: int) -> None:
-    """Remove `<root>/jobs/<id>`: a directory with everything in it, or a symlink as itself."""
-    path = job_dir(root, job_id)
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(st.st_mode):
-        import shutil
+TRASH = ".trash"
+"""`<root>/jobs/.trash/<batch>/<id>`: job directories cleanup took out of `jobs/`, being deleted."""
+BACKGROUND_AT = 1000
+"""From this many directories on, `discard` leaves the deleting to a background process."""
 
-        shutil.rmtree(path)  # fd-based on Linux: never follows a symlink inside
-    else:
-        os.unlink(path)
+
+def discard(root: Path, ids: Sequence[int], *, background_at: int = BACKGROUND_AT) -> None:
+    """Remove the job directories `<root>/jobs/<id>` (a symlink as itself), and whatever an
+    interrupted discard left in the trash.
+
+    The directories are renamed into a new batch in `jobs/.trash/` first (one rename each,
+    however much a directory holds), so they leave `jobs/` at once. The batch is then deleted:
+    by this process for fewer than `background_at` directories, else by a detached child,
+    which outlives a `jobctl cleanup` (deleting costs 0.15-0.2 ms a directory here, 20 s for
+    100,000). Whoever deletes a batch holds an flock on it; a batch nobody holds was left by
+    a crash, and the next discard deletes it too.
+    """
+    import fcntl
+
+    jobs = root / "jobs"
+    trash = jobs / TRASH
+    batches: list[tuple[int, str]] = []  # (locked descriptor, path)
+    try:
+        if ids:
+            batches.append(_new_batch(trash))
+            jobs_fd = os.open(jobs, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                for i in ids:
+                    name = str(int(i))
+                    try:
+                        os.rename(name, name, src_dir_fd=jobs_fd, dst_dir_fd=batches[0][0])
+                    except FileNotFoundError:
+                        pass  # it never had a directory
+            finally:
+                os.close(jobs_fd)
+        try:
+            entries = [e.path for e in os.scandir(trash) if e.is_dir(follow_symlinks=False)]
+        except FileNotFoundError:
+            entries = []
+        for path in entries:
+            if batches and path == batches[0][1]:
+                continue
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)  # being deleted by another process
+                continue
+            batches.append((fd, path))
+        count = len(ids) + sum(len(os.listdir(path)) for _, path in batches[1 if ids else 0 :])
+        if batches and (count < background_at or not _delete_in_background(batches, str(trash))):
+            _delete(batches, str(trash), strict=True)
+    finally:
+        for fd, _ in batches:
+            os.close(fd)
+
+
+def _new_batch(trash: Path) -> tuple[int, str]:
+    """A new directory in the trash, locked before another discard could take it for abandoned."""
+    import fcntl
+
+    for _ in range(100):
+        os.makedirs(trash, mode=0o700, exist_ok=True)
+        path = os.path.join(trash, f"{os.getpid()}-{time.time_ns()}")
+        try:
+            os.mkdir(path, 0o700)
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except (FileNotFoundError, FileExistsError):
+            continue  # the trash was just removed by a discard that emptied it, or a clash
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.lstat(path).st_ino == os.fstat(fd).st_ino:  # still there: nobody took it meanwhile
+                return fd, path
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    raise OSError(errno.EAGAIN, f"cannot make a directory in {trash}")
+
+
+def _delete(batches: Sequence[tuple[int, str]], trash: str, *, strict: bool) -> None:
+    """rmtree each batch (fd-based on Linux: never follows a symlink inside). What another
+    process deleted first is no error; with `strict`, any other error is raised."""
+    import shutil
+    import sys
+
+    def unless_missing(error: BaseException) -> None:
+        if strict and not isinstance(error, FileNotFoundError):
+            raise error
+
+    for _, path in batches:
+        if sys.version_info >= (3, 12):
+            shutil.rmtree(path, onexc=lambda _f, _p, e: unless_missing(e))
+        else:
+            shutil.rmtree(path, onerror=lambda _f, _p, info: unless_missing(info[1]))
+    try:
+        os.rmdir(trash)
+    except OSError:
+        pass  # not empty: another discard's batch is in it
+
+
+def _delete_in_background(batches: Sequence[tuple[int, str]], trash: str) -> bool:
+    """Delete the batches in a grandchild: in a session of its own, stdio on /dev/null (it
+    holds no pipe or terminal of the caller), niced. It inherits the batches' locks (flock
+    belongs to the open file, shared across fork). False if it could not be started."""
+    try:
+        pid = os.fork()
+    except OSError:
+        return False
+    if pid == 0:
+        try:
+            if os.fork() == 0:
+                os.setsid()
+                null = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, 1, 2):
+                    os.dup2(null, fd)
+                keep = sorted({fd for fd, _ in batches})
+                for low, high in zip([2, *keep], [*keep, os.sysconf("SC_OPEN_MAX")], strict=True):
+                    os.closerange(low + 1, high)
+                os.chdir("/")
+                os.nice(10)
+                _delete(batches, trash, strict=False)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    return True
 
 
 def log_path(root: Path, job_id: int, stream: str) -> Path:

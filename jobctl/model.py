@@ -216,6 +216,16 @@ class Job(NamedTuple):
         )
 
 
+class JobHead(NamedTuple):
+    """The few fields of a stored job that choosing and removing it needs (cleanup): a store
+    can list these for 100,000 jobs without decoding whole records."""
+
+    id: int
+    state: State
+    attempt: int
+    finished_at: float | None
+
+
 def _usage_dict(u: Usage) -> dict[str, Any]:
     return {"wall_s": u.wall_s, "cpu_user_s": u.cpu_user_s, "cpu_sys_s": u.cpu_sys_s, "max_rss_kb": u.max_rss_kb}
 

@@ -168,12 +168,15 @@ def fits_ever(job: Job, cap: Capacity) -> bool:
     return job.cpus <= cap.total_slots and job.gpus <= cap.total_gpus
 
 
-def pick(candidates: Iterable[Job], cap: Capacity) -> list[Job]:
+def pick(candidates: Iterable[Job], cap: Capacity, *, in_order: bool = False) -> list[Job]:
+    """The queued jobs to start now, in the order they start. With `in_order`, `candidates`
+    already come highest priority, then lowest id, first (and may be a lazy iterable: pick
+    stops looking once nothing more fits)."""
     chosen: list[Job] = []
     free_slots, free_gpus = cap.free_slots, len(cap.free_gpu_ids)
     running = dict(cap.running_per_queue)
     room = dict(cap.rate_room)
-    for job in sorted(candidates, key=lambda j: (-j.priority, j.id)):
+    for job in candidates if in_order else sorted(candidates, key=lambda j: (-j.priority, j.id)):
         if job.state is not State.QUEUED or not fits_ever(job, cap):
             continue
         if cap.queues is not None and job.queue not in cap.queues:

@@ -11,13 +11,26 @@ import os
 import selectors
 import signal
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from jobctl import fsutil, jobdir
 from jobctl.errors import Conflict, JobctlError, QueueFull, UsageError
-from jobctl.model import FINISHED, UNFINISHED, Job, State, iso, now, parse_job_id, poll_after, transition, wait_code
+from jobctl.model import (
+    FINISHED,
+    UNFINISHED,
+    Job,
+    JobHead,
+    State,
+    iso,
+    now,
+    parse_job_id,
+    poll_after,
+    public_dict,
+    transition,
+    wait_code,
+)
 from jobctl.store.base import Guarded, JobSpec, Store, Waker
 from jobctl.store.wake import drain_and_rewatch
 
@@ -402,7 +415,7 @@ def package(
 
 
 class CleanupReport(NamedTuple):
-    removed: list[Job]
+    removed: list[JobHead]
     bytes_freed: int
     dry_run: bool
     sizes: dict[int, int]
@@ -420,7 +433,8 @@ def cleanup(
     dry_run: bool = False,
 ) -> CleanupReport:
     """Remove finished jobs older than the threshold (and the oldest finished beyond
-    `max_total`): records first, then their directories. Never an unfinished job.
+    `max_total`): records first, then their directories (`jobdir.discard`: large batches are
+    deleted in the background). Never an unfinished job.
 
     A crash between the two leaves directories without a record; they are found again here
     (an id below the store's next id, no record) and removed as leftovers.
@@ -430,37 +444,87 @@ def cleanup(
         wanted = wanted - {State.FAILED}
     at = now()
     ceiling = store.next_id()  # before the query: a job submitted after it has a larger id
-    everything = store.query()
-    known = {j.id for j in everything}
+    heads, delete = _heads(store)
+    known = {h.id for h in heads}
     leftovers = sorted(i for i in jobdir.job_dir_ids(store.root) if i < ceiling and i not in known)
-    finished = sorted((j for j in everything if j.state in wanted), key=lambda j: (j.finished_at or 0, j.id))
-    victims = [j for j in finished if (j.finished_at or 0) <= at - older_than_s]
+    finished = sorted((h for h in heads if h.state in wanted), key=lambda h: (h.finished_at or 0, h.id))
+    victims = [h for h in finished if (h.finished_at or 0) <= at - older_than_s]
     measured = finished if max_total is not None else victims
-    sizes = {j.id: jobdir.size(jobdir.job_dir(store.root, j.id)) for j in measured}
-    sizes.update({i: jobdir.size(jobdir.job_dir(store.root, i)) for i in leftovers})
+    prefix = jobdir.jobs_prefix(store.root)
+    sizes = {i: jobdir.size(prefix + str(i)) for i in [h.id for h in measured] + leftovers}
     if max_total is not None:
-        chosen = {j.id for j in victims}
-        kept = sum(jobdir.size(jobdir.job_dir(store.root, i)) for i in jobdir.job_dir_ids(store.root))
+        chosen = {h.id for h in victims}
+        kept = sum(jobdir.size(prefix + str(i)) for i in jobdir.job_dir_ids(store.root))
         kept -= sum(sizes[i] for i in chosen) + sum(sizes[i] for i in leftovers)
-        for job in finished:
+        for head in finished:
             if kept <= max_total:
                 break
-            if job.id not in chosen:
-                victims.append(job)
-                chosen.add(job.id)
-                kept -= sizes[job.id]
+            if head.id not in chosen:
+                victims.append(head)
+                chosen.add(head.id)
+                kept -= sizes[head.id]
     freed = sum(sizes[i] for i in leftovers)
     if dry_run:
-        return CleanupReport(victims, freed + sum(sizes[j.id] for j in victims), True, sizes, leftovers)
-    removed = store.delete(victims)
-    for job_id in [j.id for j in removed] + leftovers:
-        jobdir.remove(store.root, job_id)
+        return CleanupReport(victims, freed + sum(sizes[h.id] for h in victims), True, sizes, leftovers)
+    removed = delete(victims)
+    jobdir.discard(store.root, [h.id for h in removed] + leftovers)
     if removed:
         store.prune()
-        ids = sorted(j.id for j in removed)
+        ids = sorted(h.id for h in removed)
         store.prune_history(ids, {"at": iso(at), "job": None, "event": "cleaned up", "count": len(ids),
                                   "ids": _ranges(ids), "bytes": sum(sizes[i] for i in ids), "by": _who()})
-    return CleanupReport(removed, freed + sum(sizes[j.id] for j in removed), False, sizes, leftovers)
+    return CleanupReport(removed, freed + sum(sizes[h.id] for h in removed), False, sizes, leftovers)
+
+
+def _heads(store: Store) -> tuple[list[JobHead], Callable[[list[JobHead]], list[JobHead]]]:
+    """Every stored job's head, and how to delete jobs given their heads (guarded like
+    `Store.delete`). The JSON store reads heads from its shards' text, 100,000 in a fraction
+    of a second; another store through its Jobs."""
+    from jobctl.store.jsonfile import JsonStore
+
+    if isinstance(store, JsonStore):
+        return store.heads(), store.delete_heads
+    jobs = {j.id: j for j in store.query()}
+
+    def delete(heads: list[JobHead]) -> list[JobHead]:
+        gone = {j.id for j in store.delete([jobs[h.id] for h in heads])}
+        return [h for h in heads if h.id in gone]
+
+    return [JobHead(j.id, j.state, j.attempt, j.finished_at) for j in jobs.values()], delete
+
+
+# --- status ---------------------------------------------------------------------------------
+
+
+def jobs_json(
+    store: Store,
+    jobs: Sequence[Job] | None = None,
+    *,
+    states: Sequence[State] | None = None,
+    queues: Sequence[str] | None = None,
+    live: Collection[tuple[str, int]] | None = None,
+) -> list[bytes]:
+    """`status --json`: the SPEC's object (`model.public_dict`) of each of `jobs`, or of every
+    job matching the filters in id order, as compact JSON, running jobs with their live
+    progress. The JSON store writes those of its finished jobs straight from their stored
+    text (`JsonStore.public_json`): 100,000 jobs in well under a second."""
+    import json
+
+    from jobctl.store.jsonfile import JsonStore
+
+    at = now()
+    prefix = jobdir.jobs_prefix(store.root)
+
+    def render(job: Job) -> bytes:
+        if job.state is State.RUNNING:
+            [job] = with_live_progress(store, [job])
+        return json.dumps(public_dict(job, prefix + str(job.id), at, live), separators=(",", ":")).encode()
+
+    if jobs is not None:
+        return [render(j) for j in jobs]
+    if isinstance(store, JsonStore):
+        return store.public_json(states=states or None, queues=queues or None, render=render)
+    return [render(j) for j in store.query(states=states or None, queues=queues or None)]
 
 
 def parse_ids(texts: Sequence[str]) -> list[int]:

@@ -98,6 +98,8 @@ class Worker:
         self.log = log
         self.ref = WorkerRef(socket.gethostname(), os.getpid())
         self.running: dict[int, Running] = {}
+        self.results: list[tuple[Job, Job, str | None]] = []
+        """Jobs that ended, with their outcome, to record with the next claim (one write)."""
         self.stopping = 0  # 1: finish running jobs, start none; 2: hand running jobs back
         self.hook_lines = {"on_finish": on_finish, "on_failure": on_failure}
         self.hook_timeout_s = hook_timeout_s
@@ -140,11 +142,11 @@ class Worker:
                 waits.append(at + window / n)
         return waits
 
-    def _next_due(self) -> float:
-        """Seconds until the earliest delayed or backed-off job may start, the next fallback
-        poll or the next heartbeat, whichever comes first."""
+    def _next_due(self, waits: list[float]) -> float:
+        """Seconds until the earliest delayed or backed-off job may start (`waits`, from
+        `_timed_waits`), the next fallback poll or the next heartbeat, whichever comes first."""
         beat = self.last_orphan_check + self.heartbeat_s - time.monotonic()
-        return max(0.0, min([self.poll_s, beat, *(d - now() for d in self._timed_waits())]))
+        return max(0.0, min([self.poll_s, beat, *(d - now() for d in waits)]))
 
     def run(self) -> int:
         sig_r, sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -162,8 +164,9 @@ class Worker:
         try:
             while True:
                 self._start_cleanup()
-                started = self._fill() if not self.stopping else 0
-                idle = not started and not self._timed_waits()
+                started = self._fill()
+                waits = [] if started else self._timed_waits()  # one look at the store per round
+                idle = not started and not waits
                 if not self.running and (self.stopping or (self.exit_when_idle and idle)):
                     if self._may_leave():
                         break
@@ -171,8 +174,13 @@ class Worker:
                     self.leaving_since = None  # a hook may have queued more work
                 if started:
                     continue  # claim again at once: more may fit
-                for key, _ in self.sel.select(self._select_timeout()):
+                events = self.sel.select(self._select_timeout(waits))
+                # Cancels arrive with a wake-up (or, missed, by the fallback poll: no event);
+                # a job's end alone is no reason to look at every running job again.
+                look = not events or self.stopping > 0
+                for key, _ in events:
                     if key.data == "wake":
+                        look = True
                         wake.drain_and_rewatch(self.sel, waker)
                     elif key.data == "signal":
                         self._on_signals(os.read(sig_r, 64))
@@ -181,8 +189,10 @@ class Worker:
                     else:
                         self._reap(key.data)
                 self._kill_overdue_hooks()
-                self._check_cancels()
-                if time.monotonic() - self.last_orphan_check >= self.heartbeat_s:
+                beat = time.monotonic() - self.last_orphan_check >= self.heartbeat_s
+                if look or beat:
+                    self._check_cancels()
+                if beat:
                     self.store.heartbeat()
                     self._adopt_orphans()
         finally:
@@ -202,10 +212,25 @@ class Worker:
         return 0
 
     def _fill(self) -> int:
+        """Record the results of jobs that ended and claim what fits, in one transaction."""
         cap = self.capacity()
-        if cap.free_slots <= 0:
+        results, self.results = self.results, []
+        if cap.free_slots <= 0 or self.stopping:
+            for job, new, error in results:
+                self._record(job, new, error)
             return 0
-        jobs = self.store.claim(self.ref, cap, at=now())
+        try:
+            jobs = self.store.claim(self.ref, cap, at=now(),
+                                    results=[Guarded(new, job.state, job.attempt) for job, new, _ in results])
+        except Conflict:  # one of the results: record them one by one, which says which
+            for job, new, error in results:
+                self._record(job, new, error)
+            jobs = self.store.claim(self.ref, cap, at=now())
+        else:
+            if results:
+                self.store.notify_workers()  # wakes `jobctl wait` too
+            for job, new, error in results:
+                self._recorded(job, new, error)
         for job in jobs:
             self._start(job)
         return len(jobs)
@@ -241,7 +266,7 @@ class Worker:
         if result is not None and result.get("zip_error"):
             self.log(f"job {job.id}: {result['zip_error']}")
         new = supervisor.outcome(job, result, now(), retry_max_delay_s=self.retry_max_delay_s)
-        self._record(job, new, None if result is None else result["error"])
+        self.results.append((job, new, None if result is None else result["error"]))
 
     def _adopt_orphans(self) -> None:
         """Take over the running jobs of this host whose worker is dead (its flock is gone).
@@ -314,6 +339,10 @@ class Worker:
             self.log(f"job {job.id}: result not recorded: {e}")
             return
         self.store.notify_workers()  # wakes `jobctl wait` too
+        self._recorded(job, new, attempt_error)
+
+    def _recorded(self, job: Job, new: Job, attempt_error: str | None) -> None:
+        """Say how a recorded job ended, and run its hooks."""
         if new.state is State.QUEUED:
             self.log(f"job {job.id} returned to the queue")
             return
@@ -370,11 +399,11 @@ class Worker:
 
     # --- hooks and the periodic cleanup -------------------------------------------------------
 
-    def _select_timeout(self) -> float:
+    def _select_timeout(self, waits: list[float]) -> float:
         """The loop's usual wake-up, or earlier: a hook's deadline, the next cleanup, or the
         end of the wait for a cleanup on the way out."""
         mono = time.monotonic()
-        due = [self._next_due() if not self.stopping else self.heartbeat_s]
+        due = [self._next_due(waits) if not self.stopping else self.heartbeat_s]
         due += [c.deadline - mono for c in self.children.values() if c.deadline is not None and not c.killed]
         if self._cleanup_wanted():
             due.append(self.next_cleanup - mono)

@@ -284,3 +284,66 @@ def test_bad_values_change_nothing(workers, jobctl_env):
         [line] = r.stderr.splitlines()
         assert line.startswith("jobctl: error: invalid ") and repr(args[1]) in line
     assert tree(jobctl_env) == before
+
+
+def test_a_trash_left_by_an_interrupted_cleanup_is_removed_by_the_next_one(workers, jobctl_env):
+    i = submit("true")
+    finish(workers, i)
+    # as if a cleanup had died after renaming job 7's directory into its batch in the trash
+    left = jobctl_env / "jobs" / ".trash" / "12345-1" / "7"
+    (left / "out").mkdir(parents=True)
+    (left / "stdout.log").write_text("x" * 100)
+    assert "leftover" not in cli("doctor").stdout  # a batch in the trash is no job directory
+    assert removed_ids(cleanup_json("--older-than", "0")) == [i]
+    assert os.listdir(jobctl_env / "jobs") == []
+
+
+def test_a_trash_batch_being_deleted_by_another_process_is_left_to_it(workers, jobctl_env):
+    import fcntl
+
+    cli("submit", "--", "true")  # the store exists
+    batch = jobctl_env / "jobs" / ".trash" / "12345-1"
+    (batch / "7").mkdir(parents=True)
+    fd = os.open(batch, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        cli("cleanup", "--older-than", "0", "--quiet")
+        assert (batch / "7").is_dir()
+    finally:
+        os.close(fd)  # as when that process ends
+    cli("cleanup", "--older-than", "0", "--quiet")
+    assert os.listdir(jobctl_env / "jobs") == []
+
+
+def test_many_directories_leave_jobs_at_once_and_are_deleted_in_the_background(jobctl_env, tmp_path):
+    """Over BACKGROUND_AT directories: renamed into the trash, then a detached process deletes
+    them; the cleanup's own output and exit do not wait for it."""
+    from jobctl.jobdir import BACKGROUND_AT
+    from jobctl.model import Job, State
+    from jobctl.store.base import JobSpec
+    from jobctl.store.jsonfile import SHARD_SIZE, JsonStore, encode_line
+
+    store = JsonStore(jobctl_env)
+    n = BACKGROUND_AT + 5
+    submitted = store.submit([JobSpec(Job(id=0, command=("true",), cwd="/", created_at=0.0), {})] * n, at=1.0)
+    with open(jobctl_env / "done" / "0.jsonl", "ab") as f:  # all finished long ago, as bench_history builds them
+        f.write(b"".join(encode_line({**j._replace(state=State.COMPLETED, finished_at=2.0).to_record(), "_v": 2})
+                         for j in submitted))
+    with store._transaction() as hot:
+        hot.records.clear()
+        hot.dirty = True
+    assert n < SHARD_SIZE
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "keep.txt").write_text("keep me\n")
+    for j in submitted:
+        (jobctl_env / "jobs" / str(j.id) / "out").mkdir(parents=True)
+        (jobctl_env / "jobs" / str(j.id) / "stdout.log").write_text("hello\n")
+    (jobctl_env / "jobs" / "3" / "out" / "escape").symlink_to(precious)
+
+    report = cleanup_json("--older-than", "0")
+    assert report["count"] == n and report["bytes_freed"] == sum(r["bytes"] for r in report["removed"]) > 0
+    assert [name for name in os.listdir(jobctl_env / "jobs") if not name.startswith(".")] == []
+    wait_until(lambda: not (jobctl_env / "jobs" / ".trash").exists(), timeout=60, what="the trash to be emptied")
+    assert os.listdir(precious) == ["keep.txt"]
+    assert jobs() == []

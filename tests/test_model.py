@@ -180,6 +180,19 @@ jobs_strategy = st.builds(
     zip_path=st.one_of(st.none(), texts),
     cancel_requested=st.booleans(),
     submitter=st.one_of(st.none(), st.dictionaries(texts, st.one_of(texts, st.integers(0, 2**31)), max_size=3)),
+    # Every field, spelled out: a NamedTuple's defaulted fields are generated too, and a NaN
+    # is never equal to itself.
+    depends_any=st.lists(st.integers(1, 10**6), max_size=4).map(tuple),
+    retry_delay_s=finite,
+    retry_on=st.lists(st.integers(0, 255), max_size=4).map(tuple),
+    not_before=maybe_time,
+    held=st.booleans(),
+    unique_key=st.one_of(st.none(), texts),
+    mem_bytes=st.one_of(st.none(), st.integers(1, 2**40)),
+    gpus=st.integers(0, 8),
+    gpu_ids=st.lists(st.integers(0, 15), max_size=4).map(tuple),
+    waiting_for=st.one_of(st.none(), texts),
+    lost=st.integers(0, 10),
 )
 
 

@@ -149,8 +149,9 @@ def test_every_figure_matches_the_jobs(workers):
     runs = sorted(ms(by_id[i]["finished_at"]) - ms(by_id[i]["started_at"]) for i in
                   (ids["ok"], ids["ok_slow"], ids["bad"], ids["bad_slow"]))
     assert runs[-1] >= 300
-    assert d["max_s"] == runs[-1] / 1000
-    assert d["p50_s"] == round((runs[1] + runs[2]) / 2000, 3)
+    assert abs(d["max_s"] - runs[-1] / 1000) <= 0.0015
+    # the records' times are printed to the millisecond: a median from them may be 1 ms off
+    assert abs(d["p50_s"] - (runs[1] + runs[2]) / 2000) <= 0.0015
     assert d["p50_s"] <= d["p95_s"] <= d["max_s"]
     assert report["throughput"]["finished"] == 5
     assert report["throughput"]["window_s"] == 60.0  # everything finished within the last minute

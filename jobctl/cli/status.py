@@ -33,7 +33,7 @@ def status(
     Examples: `jobctl status`; `jobctl status 42`; `jobctl status --state failed --json`;
     `jobctl status --watch --queue gpu`.
     """
-    from jobctl.service import parse_ids
+    from jobctl import service
 
     s = session(ctx)
     try:
@@ -42,14 +42,13 @@ def status(
         raise UsageError(f"invalid --state (one of {', '.join(State)})") from None
     store = s.store
     live = {(w["host"], w["pid"]) for w in store.workers()}
-    from jobctl.service import with_live_progress
 
     if ids:
-        jobs = with_live_progress(store, [store.get(i) for i in parse_ids(ids)])
+        jobs = [store.get(i) for i in service.parse_ids(ids)]
         if as_json:
-            render.jobs_json(jobs, store.root, live)
+            render.json_texts(service.jobs_json(store, jobs, live=live))
         else:
-            for n, job in enumerate(jobs):
+            for n, job in enumerate(service.with_live_progress(store, jobs)):
                 if n:
                     render.out("")
                 render.job_detail(job, store.root, live)
@@ -60,10 +59,10 @@ def status(
 
         watch_jobs(store, states=states or None, queues=queue or None, color=color)
         return
-    jobs = with_live_progress(store, store.query(states=states or None, queues=queue or None))
     if as_json:
-        render.jobs_json(jobs, store.root, live)
+        render.json_texts(service.jobs_json(store, states=states, queues=queue, live=live))
         return
+    jobs = service.with_live_progress(store, store.query(states=states or None, queues=queue or None))
     hidden = 0
     if not all_:
         keep = RECENT_FINISHED if limit is None else limit

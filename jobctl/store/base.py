@@ -122,13 +122,17 @@ class Store(Protocol):
     def env(self, job: Job) -> dict[str, str]:
         """The environment captured when `job` was submitted."""
 
-    def claim(self, worker: WorkerRef, capacity: Capacity, *, at: float) -> list[Job]:
+    def claim(self, worker: WorkerRef, capacity: Capacity, *, at: float,
+              results: Sequence[Guarded] = ()) -> list[Job]:
         """Atomically move the next runnable jobs that fit `capacity` to `running` for `worker`
         (`scheduler.pick`, with the store's paused queues, running counts and, for the queues
         in `capacity.rates`, the room their recent starts leave filled in; it records the
         starts of rated queues for the next claim, whoever makes it).
 
         Each returned job has its attempt counted. No two callers ever get the same job attempt.
+        `results` (guarded changes, as `update` takes them) are written first, in the same
+        transaction: a worker records how its jobs ended and takes the next ones with one
+        durable write. A Conflict there changes nothing and claims nothing.
         """
 
     def register_worker(self, worker: WorkerRef, capacity: Capacity) -> Callable[[], None]:

@@ -28,21 +28,31 @@ import zlib
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from jobctl import fsutil
 from jobctl.errors import NotFound, StoreDamaged, StoreError, StoreLocked, UsageError
-from jobctl.jobdir import job_dir_ids
-from jobctl.model import FINISHED, Job, State, WorkerRef, iso, now, transition
+from jobctl.jobdir import job_dir_ids, jobs_prefix
+from jobctl.model import FINISHED, Job, JobHead, State, WorkerRef, iso, now, transition
 from jobctl.scheduler import RATE_HORIZON_S, Capacity, pick, queue_room, rate_room, settle_all, unfit_reason
 from jobctl.store import wake
 from jobctl.store.base import Guarded, JobSpec
+
+if TYPE_CHECKING:
+    from jobctl.store.jsonscan import Decoded, Scan
 
 SCHEMA = 1
 FORMAT = "jobctl-store"
 FLUSH_AT = 64
 SHARD_SIZE = 10_000
+PARALLEL_AT = 16 << 20
+"""Bytes of shards from which `public_json` takes a second process (about 20,000 jobs)."""
 _CREATED_BY_INIT = {"lock", "store.json", "state.json", "done", "env", "jobs", "wake"}
+_J = TypeVar("_J", Job, JobHead)
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
 
 
 def encode_line(obj: Any) -> bytes:
@@ -89,6 +99,13 @@ class _Hot:
         self.puts = 0
         self.settled_at_put = -1
 
+    def copy(self) -> _Hot:
+        """A copy a transaction may change freely. The records themselves are shared: a
+        record is replaced (`put`), never changed in place."""
+        return _Hot(self.next_id, dict(self.records), set(self.paused),
+                    starts={q: list(ts) for q, ts in self.starts.items()},
+                    reuse=None if self.reuse is None else {k: list(ids) for k, ids in self.reuse.items()})
+
     def put(self, job: Job, version: int) -> None:
         rec = job.to_record()
         rec["_v"] = version
@@ -106,6 +123,12 @@ class JsonStore:
         self.root = root
         self.location = str(root)
         self.lock_timeout = lock_timeout
+        self._seen: tuple[bytes, _Hot] | None = None
+        """state.json as this process last read or wrote it, decoded: the same bytes again
+        (a worker mostly reads back its own last write) are not decoded again."""
+        self._encoded: dict[int, tuple[dict[str, Any], bytes]] = {}
+        """id(record) -> (record, its JSON): records are replaced, never changed in place, so
+        an unchanged record is not encoded again when state.json is rewritten."""
         self._state = root / "state.json"
         self._done = root / "done"
         self._env = root / "env"
@@ -229,14 +252,18 @@ class JsonStore:
             data = self._state.read_bytes()
         except FileNotFoundError:
             raise self._damaged(self._state, "missing") from None
+        if self._seen is not None and self._seen[0] == data:
+            return self._seen[1].copy()
         try:
             state = decode_line(data.rstrip(b"\n"))
             if state["schema"] > SCHEMA:
                 raise StoreError(f"store {self.root} has schema {state['schema']}; this jobctl reads up to {SCHEMA}")
-            return _Hot(state["next_id"], {r["id"]: r for r in state["jobs"]}, set(state.get("paused", ())),
-                        starts=state.get("starts", {}), reuse=state.get("reuse"))
+            hot = _Hot(state["next_id"], {r["id"]: r for r in state["jobs"]}, set(state.get("paused", ())),
+                       starts=state.get("starts", {}), reuse=state.get("reuse"))
         except (ValueError, KeyError, TypeError) as e:
             raise self._damaged(self._state, str(e)) from None
+        self._seen = (data, hot.copy())
+        return hot
 
     def _shard_path(self, n: int) -> Path:
         return self._done / f"{n}.jsonl"
@@ -325,6 +352,78 @@ class JsonStore:
             and (queues is None or rec["queue"] in queues)
         ]
 
+    def public_json(self, *, states: Collection[State] | None = None, queues: Collection[str] | None = None,
+                    render: Callable[[Job], bytes]) -> list[bytes]:
+        """`status --json`: the public JSON of each job `query` would return, in id order.
+        Finished jobs in the shards are spliced from their stored text (store/jsonscan.py);
+        every other job is a Job, given to `render`. With more than PARALLEL_AT bytes of
+        shards and a second CPU, a forked child does half of the shards meanwhile."""
+        hot = self._read_hot()  # first, as in query()
+        wanted = None if states is None else {s.value for s in states}
+        queue_set = None if queues is None else set(queues)
+
+        def matches(rec: dict[str, Any]) -> bool:
+            return (wanted is None or rec["state"] in wanted) and (queue_set is None or rec["queue"] in queue_set)
+
+        pairs = [(i, render(Job.from_record(r))) for i, r in hot.records.items() if matches(r)]
+        shards = self._shards() if states is None or not FINISHED.isdisjoint(states) else []
+        if not shards:
+            return [text for _, text in pairs]
+        from jobctl.store import jsonscan
+
+        def shard_pairs(shards: Sequence[int]) -> list[tuple[int, bytes]]:
+            layout = jsonscan.layout("public" if wanted is None and queue_set is None else "public filtered")
+            template, slots = layout.template(jobs_prefix(self.root))
+            pairs: list[tuple[int, bytes]] = []
+            for n in shards:
+                scan = jsonscan.Scan(self._shard_path(n), layout, decode_line, self._damaged)
+                keep, decoded = scan.current(hot.records.keys())
+                keep = jsonscan.filtered(scan, keep, wanted, queue_set)
+                ids = scan.ids if keep is None else [scan.ids[k] for k in keep]
+                pairs += zip(ids, scan.public(keep, template, slots), strict=True)
+                pairs += [(r["id"], render(Job.from_record(r))) for r, _ in decoded if matches(r)]
+            return pairs
+
+        sizes = [self._shard_path(n).stat().st_size for n in shards]
+        half = next((k for k in range(len(shards)) if 2 * sum(sizes[: k + 1]) >= sum(sizes)), 0) + 1
+        with jsonscan.bulk():
+            if sum(sizes) > PARALLEL_AT and half < len(shards) and len(os.sched_getaffinity(0)) > 1:
+                child = jsonscan.InChild(lambda: shard_pairs(shards[half:]))
+                try:
+                    pairs += shard_pairs(shards[:half])
+                    theirs = child.result()
+                finally:
+                    child.close()
+                pairs += shard_pairs(shards[half:]) if theirs is None else theirs
+            else:
+                pairs += shard_pairs(shards)
+            pairs.sort(key=_first)
+        return [text for _, text in pairs]
+
+    def heads(self) -> list[JobHead]:
+        """Every stored job's id, state, attempt and finished_at, in id order (cleanup): read
+        from the shards' text like `public_json`, without a Job for each."""
+        hot = self._read_hot()
+        heads = [_head(r) for r in hot.records.values()]
+        for _, scan, keep, decoded in self._scan_shards(self._shards(), hot):
+            heads += scan.heads(keep)
+            heads += [_head(r) for r, _ in decoded]
+        heads.sort()
+        return heads
+
+    def _scan_shards(self, shards: Sequence[int], hot: _Hot) -> Iterator[tuple[int, Scan, list[int] | None, list[Decoded]]]:
+        """Each shard read in bulk (store/jsonscan.py `Scan`, layout "heads"), with the lines
+        that hold a current record (`Scan.current`). Imports jsonscan only if there are shards."""
+        if not shards:
+            return
+        from jobctl.store import jsonscan
+
+        layout = jsonscan.layout("heads")
+        with jsonscan.bulk():
+            for n in shards:
+                scan = jsonscan.Scan(self._shard_path(n), layout, decode_line, self._damaged)
+                yield (n, scan, *scan.current(hot.records.keys()))
+
     def env(self, job: Job) -> dict[str, str]:
         path = self._env / f"{job.env_ref}.json"
         try:
@@ -354,17 +453,31 @@ class JsonStore:
                 fsutil.append_durable(path, b"".join(encode_line(r) for r in recs))
             for rec in finished:
                 del hot.records[rec["id"]]
-        state = {
-            "schema": SCHEMA, "next_id": hot.next_id, "paused": sorted(hot.paused),
-            "jobs": list(hot.records.values()),
-        }
-        if hot.starts:
-            state["starts"] = hot.starts
-        if hot.reuse is not None:
-            state["reuse"] = hot.reuse
-        fsutil.atomic_write(self._state, encode_line(state))
+        data = self._encode_hot(hot)
+        fsutil.atomic_write(self._state, data)
+        self._seen = (data, hot.copy())
         if hot.events:
             self._append_events(hot.events)
+
+    def _encode_hot(self, hot: _Hot) -> bytes:
+        """state.json's one line: the same JSON as one json.dumps of the whole state, built
+        from each record's cached encoding (see `_encoded`)."""
+        encoded, parts = {}, []
+        for rec in hot.records.values():
+            cached = self._encoded.get(id(rec))
+            text = cached[1] if cached is not None and cached[0] is rec else _dumps(rec)
+            encoded[id(rec)] = (rec, text)
+            parts.append(text)
+        self._encoded = encoded
+        head = {"schema": SCHEMA, "next_id": hot.next_id, "paused": sorted(hot.paused)}
+        tail: dict[str, Any] = {}
+        if hot.starts:
+            tail["starts"] = hot.starts
+        if hot.reuse is not None:
+            tail["reuse"] = hot.reuse
+        body = b"".join([_dumps(head)[:-1], b',"jobs":[', b",".join(parts), b"]",
+                         b"," + _dumps(tail)[1:] if tail else b"}"])
+        return b"%s\t%08x\n" % (body, zlib.crc32(body))
 
     def _append_events(self, events: Sequence[dict[str, Any]]) -> None:
         """The audit trail is written after the state it describes, without fsync: a power cut
@@ -444,15 +557,17 @@ class JsonStore:
                 index.setdefault(job.unique_key, []).append(job.id)
         return index
 
-    def claim(self, worker: WorkerRef, capacity: Capacity, *, at: float) -> list[Job]:
+    def claim(self, worker: WorkerRef, capacity: Capacity, *, at: float,
+              results: Sequence[Guarded] = ()) -> list[Job]:
         with self._transaction() as hot:
+            if results:
+                self._apply(hot, results)
             self._settle(hot, at)  # a delay may have run out since the last write
             queues = capacity.queues
-            candidates = [
-                Job.from_record(r)
-                for r in hot.records.values()
-                if r["state"] == "queued" and (queues is None or r["queue"] in queues)
-            ]
+            queued = sorted((r for r in hot.records.values()
+                             if r["state"] == "queued" and (queues is None or r["queue"] in queues)),
+                            key=lambda r: (-r["priority"], r["id"]))
+            candidates = (Job.from_record(r) for r in queued)  # built only as far as pick looks
             running: dict[str, int] = {}
             for r in hot.records.values():
                 if r["state"] == "running":
@@ -462,10 +577,10 @@ class JsonStore:
                                                    for q, ts in hot.starts.items()) if ts}
             cap = capacity._replace(paused=frozenset(hot.paused), running_per_queue=running,
                                       rate_room=rate_room(capacity.rates, hot.starts, at))
-            self._note_unfit(hot, candidates, self.workers())
+            self._note_unfit(hot, queued, self.workers())
             claimed = []
             gpu_ids = list(cap.free_gpu_ids)
-            for job in pick(candidates, cap):
+            for job in pick(candidates, cap, in_order=True):
                 mine, gpu_ids = tuple(gpu_ids[: job.gpus]), gpu_ids[job.gpus :]
                 new = transition(job, State.RUNNING, at=at, worker=worker, attempt=job.attempt + 1, gpu_ids=mine)
                 hot.put(new, hot.records[job.id]["_v"] + 1)
@@ -478,45 +593,73 @@ class JsonStore:
                 claimed.append(new)
             return claimed
 
-    def _note_unfit(self, hot: _Hot, queued: Sequence[Job], workers: Sequence[dict[str, Any]]) -> None:
-        """Say in `waiting_for` when no live worker serving its queue could ever run a queued job."""
-        for job in queued:
+    def _note_unfit(self, hot: _Hot, queued: Sequence[dict[str, Any]], workers: Sequence[dict[str, Any]]) -> None:
+        """Say in `waiting_for` when no live worker serving its queue could ever run a queued
+        job. A job of one slot and no GPU fits every worker: only others are looked at."""
+        for rec in queued:
+            if rec.get("cpus", 1) == 1 and not rec.get("gpus") and rec.get("waiting_for") is None:
+                continue
+            job = Job.from_record(rec)
             note = unfit_reason(job, workers)
             if note != job.waiting_for:
                 hot.put(job._replace(waiting_for=note), hot.records[job.id]["_v"] + 1)
 
     def update(self, changes: Sequence[Guarded]) -> list[Job]:
         with self._transaction() as hot:
-            staged = []
-            current = self._current_many(hot, [c.job.id for c in changes])
-            for change in changes:
-                cur = current.get(change.job.id)
-                change.check(cur)
-                assert cur is not None
-                staged.append((change.job, cur["_v"] + 1))
-                event = change.audit_event(cur)
-                if event is not None:
-                    hot.events.append(event)
-            for job, version in staged:
-                hot.put(job, version)
-            return [job for job, _ in staged]
+            return self._apply(hot, changes)
+
+    def _apply(self, hot: _Hot, changes: Sequence[Guarded]) -> list[Job]:
+        """Stage guarded changes: all of them, or none (Conflict, NotFound) before any."""
+        staged = []
+        current = self._current_many(hot, [c.job.id for c in changes])
+        for change in changes:
+            cur = current.get(change.job.id)
+            change.check(cur)
+            assert cur is not None
+            staged.append((change.job, cur["_v"] + 1))
+            event = change.audit_event(cur)
+            if event is not None:
+                hot.events.append(event)
+        for job, version in staged:
+            hot.put(job, version)
+        return [job for job, _ in staged]
 
     def delete(self, jobs: Sequence[Job]) -> list[Job]:
+        return self._delete(jobs)
+
+    def delete_heads(self, heads: Sequence[JobHead]) -> list[JobHead]:
+        """`delete` for what `heads` listed (cleanup): the same guards, no Job needed."""
+        return self._delete(heads)
+
+    def _delete(self, jobs: Sequence[_J]) -> list[_J]:
         with self._transaction() as hot:
-            doomed: dict[int, Job] = {}
-            current = self._current_many(hot, [j.id for j in jobs])
+            doomed: set[int] = set()
+            in_shards: dict[int, list[_J]] = {}
             for job in jobs:
-                cur = current.get(job.id)
-                if (
-                    cur is not None
-                    and cur["state"] == job.state.value
-                    and cur["attempt"] == job.attempt
-                    and job.state in FINISHED
-                ):
-                    doomed[job.id] = job
-            for n in sorted({i // SHARD_SIZE for i in doomed}):
-                # lines of jobs now in state.json are stale copies: compact them away too
-                self._rewrite_shard(n, drop=doomed.keys() | hot.records.keys())
+                if job.state not in FINISHED:
+                    continue
+                cur = hot.records.get(job.id)
+                if cur is None:
+                    in_shards.setdefault(job.id // SHARD_SIZE, []).append(job)
+                elif cur["state"] == job.state.value and cur["attempt"] == job.attempt:
+                    doomed.add(job.id)
+            stale = {i // SHARD_SIZE for i in doomed}  # shards that may hold old copies of them
+            for n, scan, keep, decoded in self._scan_shards(sorted(set(in_shards) | stale), hot):
+                current = {h.id: h for h in scan.heads(keep)}
+                current.update((r["id"], _head(r)) for r, _ in decoded)
+                found = False
+                for job in in_shards.get(n, ()):
+                    h = current.get(job.id)
+                    if h is not None and h.state is job.state and h.attempt == job.attempt:
+                        doomed.add(job.id)
+                        found = True
+                if found or n in stale:
+                    # lines of jobs now in state.json are stale copies: compacted away too
+                    ids = scan.ids if keep is None else [scan.ids[k] for k in keep]
+                    lines = [(i, line) for i, line in zip(ids, scan.lines(keep), strict=True) if i not in doomed]
+                    lines += [(r["id"], line) for r, line in decoded if r["id"] not in doomed]
+                    lines.sort()
+                    self._rewrite_shard(n, [line for _, line in lines])
             for job_id in doomed:
                 if hot.records.pop(job_id, None) is not None:
                     hot.dirty = True
@@ -525,16 +668,13 @@ class JsonStore:
                 kept = {k: ids for k, ids in kept.items() if ids}
                 if kept != hot.reuse:
                     hot.reuse, hot.dirty = kept, True
-            return list(doomed.values())
+            return [job for job in jobs if job.id in doomed]
 
-    def _rewrite_shard(self, n: int, drop: Collection[int]) -> None:
+    def _rewrite_shard(self, n: int, lines: Sequence[bytes]) -> None:
         path = self._shard_path(n)
-        if not path.exists():
-            return
-        keep = [r for job_id, r in sorted(self._read_shard(n).items()) if job_id not in drop]
-        if keep:
-            fsutil.atomic_write(path, b"".join(encode_line(r) for r in keep))
-        else:
+        if lines:
+            fsutil.atomic_write(path, b"".join(lines))
+        elif path.exists():
             path.unlink()
             fsutil.fsync_dir(self._done)
 
@@ -656,7 +796,11 @@ class JsonStore:
     def prune(self) -> int:
         """Remove captured environments no stored job refers to; returns how many."""
         with self._lock():
-            used = {job.env_ref for job in self.query()}
+            hot = self._read_hot()
+            used = {r.get("env_ref", "") for r in hot.records.values()}
+            for _, scan, keep, decoded in self._scan_shards(self._shards(), hot):
+                used.update(json.loads(text) for text in set(scan.select(scan.column("env_ref"), keep)))
+                used.update(r.get("env_ref", "") for r, _ in decoded)
             removed = 0
             for entry in os.scandir(self._env):
                 if entry.name.endswith(".json") and entry.name[:-5] not in used:
@@ -691,20 +835,16 @@ class JsonStore:
 
     def prune_history(self, removed: Collection[int], summary: dict[str, Any]) -> None:
         """Drop the events of removed jobs (the trail stays bounded) and record `summary`."""
+        from jobctl.store import jsonscan
+
         path = self.root / "history.jsonl"
         with self._lock():
             try:
                 data = path.read_bytes()
             except FileNotFoundError:
                 data = b""
-            keep = []
-            for line in data.split(b"\n"):
-                try:
-                    event = decode_line(line)
-                except ValueError:
-                    continue
-                if event.get("job") not in removed:
-                    keep.append(line + b"\n")
+            with jsonscan.bulk():
+                keep = jsonscan.events_without(data, removed, decode_line)
             keep.append(encode_line(summary))
             fsutil.atomic_write(path, b"".join(keep), durable=False)
 
@@ -716,6 +856,15 @@ class JsonStore:
 
 
 _FINISHED_VALUES = frozenset(s.value for s in FINISHED)
+
+
+def _first(pair: tuple[int, Any]) -> int:
+    return pair[0]
+
+
+def _head(rec: dict[str, Any]) -> JobHead:
+    """The JobHead of a decoded record (defaults as in Job.from_record)."""
+    return JobHead(rec["id"], State(rec["state"]), rec.get("attempt", 0), rec.get("finished_at"))
 
 
 def _cut_torn_tail(path: Path) -> None:

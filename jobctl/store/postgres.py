@@ -229,8 +229,11 @@ class PostgresStore:
         env: dict[str, str] = row[0]
         return env
 
-    def claim(self, worker: WorkerRef, capacity: Capacity, *, at: float) -> list[Job]:
+    def claim(self, worker: WorkerRef, capacity: Capacity, *, at: float,
+              results: Sequence[Guarded] = ()) -> list[Job]:
         with self.conn.transaction():
+            if results:
+                self._apply(results)
             self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (CLAIM_LOCK,))
             self._settle(at)
             where, params = "state = 'queued'", []
@@ -264,20 +267,25 @@ class PostgresStore:
 
     def update(self, changes: Sequence[Guarded]) -> list[Job]:
         with self.conn.transaction():
-            current = self._rows("id = ANY(%s)", [[c.job.id for c in changes]], lock="FOR UPDATE")
-            staged = []
-            for change in changes:
-                cur, version = current.get(change.job.id, (None, 0))
-                change.check(cur)
-                assert cur is not None
-                staged.append((change.job, version + 1))
-                event = change.audit_event(cur)
-                if event is not None:
-                    self._events([event])
-            for job, version in staged:
-                self._put(job, version)
+            done = self._apply(changes)
             self._settle(now())
-            return [job for job, _ in staged]
+            return done
+
+    def _apply(self, changes: Sequence[Guarded]) -> list[Job]:
+        """Write guarded changes: all of them, or none (Conflict, NotFound) before any."""
+        current = self._rows("id = ANY(%s)", [[c.job.id for c in changes]], lock="FOR UPDATE")
+        staged = []
+        for change in changes:
+            cur, version = current.get(change.job.id, (None, 0))
+            change.check(cur)
+            assert cur is not None
+            staged.append((change.job, version + 1))
+            event = change.audit_event(cur)
+            if event is not None:
+                self._events([event])
+        for job, version in staged:
+            self._put(job, version)
+        return [job for job, _ in staged]
 
     def delete(self, jobs: Sequence[Job]) -> list[Job]:
         with self.conn.transaction():
