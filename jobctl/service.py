@@ -6,7 +6,6 @@ happens before the first change, so bad input changes nothing.
 
 from __future__ import annotations
 
-import getpass
 import os
 import selectors
 import signal
@@ -67,7 +66,9 @@ def _ranges(ids: Sequence[int]) -> str:
 
 def submitter() -> dict[str, Any]:
     try:
-        user = getpass.getuser()
+        import pwd  # the account, not $USER: this goes into the audit trail
+
+        user = pwd.getpwuid(os.getuid()).pw_name
     except (KeyError, OSError):
         user = str(os.getuid())
     return {"user": user, "host": fsutil.hostname(), "pid": os.getpid()}

@@ -35,9 +35,15 @@ def wrap(name):
 
 for name in ("write", "fsync", "replace", "rename"):
     wrap(name)
-if mode == "count":
-    import atexit
-    atexit.register(lambda: sys.stderr.write(f"CALLS {calls}\n"))
+if mode == "count":  # jobctl leaves through os._exit (no atexit): report on the way out
+    real_exit = os._exit
+
+    def counted_exit(code):
+        sys.stderr.write(f"CALLS {calls}\n")
+        sys.stderr.flush()
+        real_exit(code)
+
+    os._exit = counted_exit
 sys.argv = ["jobctl", *args]
 from jobctl.cli import main
 main()

@@ -22,12 +22,24 @@ from jobctl.store.base import Store
 T = TypeVar("T")
 
 
+SESSIONS: list["Session"] = []
+"""The sessions of this process, for `jobctl.cli.main` to close before it exits."""
+
+
 class Session:
     """What every command needs: the config and the store, opened on first use."""
 
     def __init__(self, store_flag: str | None, debug: bool) -> None:
         self.store_flag = store_flag
         self.debug = debug
+        SESSIONS.append(self)
+
+    def close(self) -> None:
+        """Close the store if it was opened (a database connection says goodbye)."""
+        store = self.__dict__.get("store")
+        close = getattr(store, "close", None)
+        if close is not None:
+            close()
 
     @cached_property
     def config(self) -> Config:
