@@ -216,7 +216,7 @@ class JsonStore:
     @contextmanager
     def _transaction(self) -> Iterator[_Hot]:
         with self._lock():
-            hot = self._read_hot()
+            hot = self._read_hot(for_change=True)
             yield hot
             if hot.puts != hot.settled_at_put:  # a claim settled first and may have changed nothing since
                 self._settle(hot, now())
@@ -247,13 +247,15 @@ class JsonStore:
             "or move the store aside (see `jobctl --help`, FILES)"
         )
 
-    def _read_hot(self) -> _Hot:
+    def _read_hot(self, *, for_change: bool = False) -> _Hot:
+        """state.json, decoded. Readers get the very object this process keeps (`_seen`) and
+        must not change it; a transaction (`for_change`) gets its own copy."""
         try:
             data = self._state.read_bytes()
         except FileNotFoundError:
             raise self._damaged(self._state, "missing") from None
         if self._seen is not None and self._seen[0] == data:
-            return self._seen[1].copy()
+            return self._seen[1].copy() if for_change else self._seen[1]
         try:
             state = decode_line(data.rstrip(b"\n"))
             if state["schema"] > SCHEMA:
@@ -262,8 +264,8 @@ class JsonStore:
                        starts=state.get("starts", {}), reuse=state.get("reuse"))
         except (ValueError, KeyError, TypeError) as e:
             raise self._damaged(self._state, str(e)) from None
-        self._seen = (data, hot.copy())
-        return hot
+        self._seen = (data, hot)
+        return hot.copy() if for_change else hot
 
     def _shard_path(self, n: int) -> Path:
         return self._done / f"{n}.jsonl"
@@ -455,7 +457,7 @@ class JsonStore:
                 del hot.records[rec["id"]]
         data = self._encode_hot(hot)
         fsutil.atomic_write(self._state, data)
-        self._seen = (data, hot.copy())
+        self._seen = (data, hot)  # the transaction is over: nobody changes `hot` any more
         if hot.events:
             self._append_events(hot.events)
 
