@@ -227,8 +227,8 @@ def test_logs_and_package_of_a_job_that_ran_on_another_host(pg_workers: Workers,
                                                             shared: bool) -> None:
     out = tmp_path / "out"
     out.mkdir()
+    i = int(jctl("submit", "--", "sh", "-c", "echo made on $(hostname)").stdout)  # first: the worker exits when idle
     other_host(pg_workers, "host-b", "--exit-when-idle", private=None if shared else out)
-    i = int(jctl("submit", "--", "sh", "-c", "echo made on $(hostname)").stdout)
     wait_until(lambda: status(str(i))[0]["state"] == "completed", what="the job to run on host-b")
     logs, package = jctl("logs", str(i), ok=False), jctl("package", str(i), ok=False)
     if shared:
