@@ -5,8 +5,9 @@ LISTEN/NOTIFY as a hint (workers also poll).
 Each job is a row: the columns claims filter and order on (state, queue, priority) plus the
 whole record as JSONB and a version. Every change is one transaction; scheduling rules are
 the shared pure functions (scheduler.pick, scheduler.settle_all), so both stores behave alike.
-Claims lock the queued rows they look at with FOR UPDATE SKIP LOCKED and serialise on one
-transaction-scoped advisory lock, so that per-queue limits hold across workers.
+Claims lock the queued rows they look at with FOR UPDATE SKIP LOCKED; every transaction
+that moves jobs (claim, update, submit) first takes one transaction-scoped advisory lock,
+so that per-queue limits hold across workers and settling never deadlocks (see _moving).
 
 Workers heartbeat with the database's clock; one silent past `worker_timeout` is dead, and the
 live ones count its running attempts as lost. Job directories live under `output_root`, a
@@ -28,9 +29,8 @@ from jobctl.store.base import Guarded, JobSpec
 
 SCHEMA = 1
 CHANNEL = "jobctl"
-CLAIM_LOCK = 0x6A6F6263  # "jobc": one advisory lock serialises claims
+CLAIM_LOCK = 0x6A6F6263  # "jobc": serialises the transactions that move jobs (see _moving)
 SCHEMA_LOCK = 0x6A6F6273
-SUBMIT_LOCK = 0x6A6F6271  # serialises submits to queues with max_queued
 _UNFINISHED = sorted(s.value for s in UNFINISHED)
 
 DDL = """
@@ -162,8 +162,7 @@ class PostgresStore:
         jobs, new_ids = [], []
         adding: dict[str, int] = {}
         with self.conn.transaction():
-            if max_queued:
-                self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (SUBMIT_LOCK,))
+            self._moving()  # also what keeps max_queued's count and the insert together
             deps = sorted({d for s in specs for d in (*s.job.depends_on, *s.job.depends_any)})
             known = {r[0] for r in self.conn.execute("SELECT id FROM jobctl_jobs WHERE id = ANY(%s)", (deps,))}
             for spec in specs:
@@ -232,9 +231,9 @@ class PostgresStore:
     def claim(self, worker: WorkerRef, capacity: Capacity, *, at: float,
               results: Sequence[Guarded] = ()) -> list[Job]:
         with self.conn.transaction():
+            self._moving()
             if results:
                 self._apply(results)
-            self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (CLAIM_LOCK,))
             self._settle(at)
             where, params = "state = 'queued'", []
             if capacity.queues is not None:
@@ -265,8 +264,16 @@ class PostgresStore:
                 claimed.append(new)
             return claimed
 
+    def _moving(self) -> None:
+        """Take the transaction-scoped lock every transaction that settles waiting jobs takes
+        first (claim, update, submit). Settling locks every waiting row; two such
+        transactions that each hold a row the other wants (a `release` of one waiting job
+        during a claim) would deadlock, and PostgreSQL would abort one of them."""
+        self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (CLAIM_LOCK,))
+
     def update(self, changes: Sequence[Guarded]) -> list[Job]:
         with self.conn.transaction():
+            self._moving()
             done = self._apply(changes)
             self._settle(now())
             return done
