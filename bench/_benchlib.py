@@ -180,6 +180,26 @@ def load() -> str:
     return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def preamble(box: Sandbox, *extra: str) -> None:
+    """The lines every script starts with: the machine, the jobctl it times, anything the
+    script adds (`extra`), the load average before, and the children's Python environment."""
+    print(f"machine: {machine()}")
+    print(f"jobctl:  {JOBCTL}")
+    for line in extra:
+        print(line)
+    print(f"before:  {load()}")
+    print(box.describe_env())
+
+
+def report(header: Sequence[str], rows: Sequence[Sequence[str]], ok: bool) -> int:
+    """The closing table and verdict; the script's exit status (0: every target met)."""
+    print()
+    print(table(header, rows))
+    print()
+    print("all targets met" if ok else "some targets FAILED")
+    return 0 if ok else 1
+
+
 def arguments(description: str, quick_help: str) -> argparse.ArgumentParser:
     """The options every benchmark takes; a script adds its own before parse_args()."""
     ap = argparse.ArgumentParser(description=description)

@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _benchlib import JOBCTL, Sandbox, arguments, load, machine, median, ms, p90, secs, table, verdict  # noqa: E402
+from _benchlib import JOBCTL, Sandbox, arguments, load, median, ms, p90, preamble, report, secs, verdict  # noqa: E402
 
 from jobctl.model import FINISHED, Job, State, Usage, WorkerRef, transition  # noqa: E402
 from jobctl.scheduler import Capacity  # noqa: E402
@@ -126,10 +126,7 @@ def main() -> int:
         stores = {k: JsonStore(root) for k, root in roots.items()}
         job_env = dict(envs[0])  # what `jobctl submit` would capture, more or less
 
-        print(f"machine: {machine()}")
-        print(f"jobctl:  {JOBCTL}")
-        print(f"before:  {load()}")
-        print(box.describe_env())
+        preamble(box)
         print(f"stores:  {roots[0]} (0 jobs), {roots[n]} (N={n:,} jobs); temporary, removed at the end")
         print()
 
@@ -271,12 +268,8 @@ def main() -> int:
             verdict(ok_cleanup),
         ],
     ]
-    print()
-    print(table(["figure", "at 0", label_n, "ratio / target", "result"], rows))
-    ok = ok_submit and ok_claim and ok_status and ok_cleanup
-    print()
-    print("all targets met" if ok else "some targets FAILED")
-    return 0 if ok else 1
+    return report(["figure", "at 0", label_n, "ratio / target", "result"], rows,
+                  ok_submit and ok_claim and ok_status and ok_cleanup)
 
 
 if __name__ == "__main__":

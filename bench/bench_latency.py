@@ -33,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _benchlib import JOBCTL, Sandbox, arguments, load, machine, median, ms, p90, table, verdict  # noqa: E402
+from _benchlib import JOBCTL, Sandbox, arguments, load, median, ms, p90, preamble, report, verdict  # noqa: E402
 
 TARGETS = {"json": 0.020, "postgresql": 0.200}
 WARMUP = 3
@@ -88,10 +88,7 @@ def main() -> int:
 
     results: dict[str, list[tuple[float, float]]] = {}
     with Sandbox("jobctl-bench-latency-", inherit_python_env=args.inherit_python_env) as box:
-        print(f"machine: {machine()}")
-        print(f"jobctl:  {JOBCTL}")
-        print(f"before:  {load()}")
-        print(box.describe_env())
+        preamble(box)
         print(f"runs:    {WARMUP} warm-up + {samples} samples per store; one idle worker with one slot")
         results["json"] = measure(box, "json", str(box.dir / "store"), samples)
         if not args.no_postgres:
@@ -111,9 +108,7 @@ def main() -> int:
         ok &= met
         rows.append([name, ms(median(start)), ms(p90(start)), ms(max(start)), ms(median(after_exit)),
                      f"< {ms(TARGETS[name])}", verdict(met)])
-    print()
-    print(table(["store", "median", "p90", "max", "median after submit exits", "target (median)", "result"], rows))
-    return 0 if ok else 1
+    return report(["store", "median", "p90", "max", "median after submit exits", "target (median)", "result"], rows, ok)
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _benchlib import JOBCTL, PYTHON, Sandbox, arguments, load, machine, median, secs, table, verdict  # noqa: E402
+from _benchlib import JOBCTL, PYTHON, Sandbox, arguments, load, median, preamble, report, secs, verdict  # noqa: E402
 
 from jobctl.store.jsonfile import JsonStore  # noqa: E402
 
@@ -131,10 +131,7 @@ def main() -> int:
     after_idle = 0
     peak = 0
     with Sandbox("jobctl-bench-memory-", inherit_python_env=args.inherit_python_env) as box:
-        print(f"machine: {machine()}")
-        print(f"jobctl:  {JOBCTL}")
-        print(f"before:  {load()}")
-        print(box.describe_env())
+        preamble(box)
         print(f"sandbox: {box.dir} (temporary; a fresh store per run; JOBCTL_CONFIG={box.config}, absent)")
 
         # Warm-up, not measured: fills the bytecode cache (an unwarmed worker compiles its modules).
@@ -224,12 +221,7 @@ def main() -> int:
                      f"< {mb(limit)} (5 MB and 10 %)", verdict(growth_ok)])
         rows.append([f"  peak during the run / idle 1 s after ({secs(curve[-1][2])} run)",
                      f"{mb(max(peak, *(r for _, r, _ in curve)))} / {mb(after_idle)}", "", ""])
-    print()
-    print(table(["figure", "RSS", "target", "result"], rows))
-    ok = idle_ok and growth_ok
-    print()
-    print("all targets met" if ok else "some targets FAILED")
-    return 0 if ok else 1
+    return report(["figure", "RSS", "target", "result"], rows, idle_ok and growth_ok)
 
 
 if __name__ == "__main__":

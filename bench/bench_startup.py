@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _benchlib import JOBCTL, PYTHON, Sandbox, arguments, load, machine, median, ms, p90, table, verdict  # noqa: E402
+from _benchlib import JOBCTL, PYTHON, Sandbox, arguments, load, median, ms, p90, preamble, table, verdict  # noqa: E402
 
 TARGET = 1.3
 WARMUP = 3
@@ -41,10 +41,7 @@ def main() -> int:
             'python -c "import jobctl.cli"': [str(PYTHON), "-c", "import jobctl.cli"],
         }
         names = list(commands)
-        print(f"machine: {machine()}")
-        print(f"jobctl:  {JOBCTL}")
-        print(f"before:  {load()}")
-        print(box.describe_env())
+        preamble(box)
         print(f"store:   {box.dir / 'store'} (temporary; JOBCTL_CONFIG={box.config}, absent)")
         print(
             f"runs:    {WARMUP} warm-up + {rounds} interleaved rounds of each command "

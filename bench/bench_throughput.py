@@ -37,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _benchlib import JOBCTL, Sandbox, arguments, load, machine, median, secs, table, verdict  # noqa: E402
+from _benchlib import JOBCTL, Sandbox, arguments, load, median, preamble, report, secs, verdict  # noqa: E402
 
 from jobctl.store.jsonfile import JsonStore  # noqa: E402
 
@@ -96,11 +96,7 @@ def main() -> int:
     xargs_times: list[float] = []
     worker_error = ""
     with Sandbox("jobctl-bench-throughput-", inherit_python_env=args.inherit_python_env) as box:
-        print(f"machine: {machine()}")
-        print(f"jobctl:  {JOBCTL}")
-        print(f"xargs:   {xargs}")
-        print(f"before:  {load()}")
-        print(box.describe_env())
+        preamble(box, f"xargs:   {xargs}")
         print(f"sandbox: {box.dir} (temporary; a fresh store per run; JOBCTL_CONFIG={box.config}, absent)")
 
         # Warm-up, not timed: fills the bytecode cache (submit and worker modules), page cache.
@@ -174,14 +170,9 @@ def main() -> int:
                      secs(median(xargs_times)), f"{xargs_rate:,.0f} jobs/s", "reference", ""])
         rows.append(["jobctl worker / xargs (jobs/s)", "", f"{ratio:.3f}x", f">= {WORKER_RATIO}x",
                      verdict(worker_ok)])
-    print()
-    print(table(["figure", "wall time", "rate", "target", "result"], rows))
     if worker_error:
         print(f"\nworker: {worker_error}")
-    ok = submit_ok and worker_ok
-    print()
-    print("all targets met" if ok else "some targets FAILED")
-    return 0 if ok else 1
+    return report(["figure", "wall time", "rate", "target", "result"], rows, submit_ok and worker_ok)
 
 
 if __name__ == "__main__":

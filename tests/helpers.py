@@ -44,6 +44,27 @@ def cli(*args: str, ok: bool = True, input: str | None = None, timeout: float = 
 
 # submit/job/jobs run in-process (CliRunner): the same CLI against the same files, without
 # a process start each. What a test is about runs as a real process (`cli`, workers).
+def cli_report(*args: str) -> dict[str, Any]:
+    """A command's `--json` report (stats, cleanup): exactly one JSON object on stdout, and
+    nothing on stderr."""
+    r = cli(*args, "--json")
+    report = json.loads(r.stdout)
+    assert isinstance(report, dict)
+    assert r.stderr == ""
+    return report  # type: ignore[no-any-return]
+
+
+def swarm(workers: Any, effects: Path, *, jobs: int, worker_count: int, timeout: float) -> list[str]:
+    """Queue `jobs` jobs that each append `ID.ATTEMPT` to `effects`, run `worker_count`
+    workers of two slots over them until they are idle, and return what the jobs wrote."""
+    lines = "".join(f"echo $JOBCTL_JOB_ID.$JOBCTL_ATTEMPT >> {effects}\n" for _ in range(jobs))
+    subprocess.run([JOBCTL, "submit", "--from", "-"], input=lines, text=True, check=True, capture_output=True)
+    procs = [workers.start("--concurrency", "2", "--exit-when-idle") for _ in range(worker_count)]
+    for proc in procs:
+        assert proc.wait(timeout=timeout) == 0
+    return sorted(effects.read_text().split(), key=lambda r: int(r.split(".")[0]))
+
+
 def submit(*command: str, opts: tuple[str, ...] = ()) -> int:
     return int(run("submit", *opts, "--", *command).stdout)
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from jobctl.model import format_size
-from tests.helpers import cli, finish, job, jobs, submit, wait_until
+from tests.helpers import cli, cli_report, finish, job, jobs, submit, wait_until
 
 
 def du(path: Path) -> int:
@@ -22,11 +21,7 @@ def du(path: Path) -> int:
 
 
 def cleanup_json(*args: str) -> dict[str, Any]:
-    r = cli("cleanup", "--json", *args)
-    report = json.loads(r.stdout)  # exactly one JSON document, nothing else on stdout
-    assert isinstance(report, dict)
-    assert r.stderr == ""
-    return report
+    return cli_report("cleanup", *args)
 
 
 def removed_ids(report: dict[str, Any]) -> list[int]:

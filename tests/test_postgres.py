@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Workers
-from tests.helpers import JOBCTL, stderr_so_far, wait_until
+from tests.helpers import JOBCTL, stderr_so_far, swarm, wait_until
 
 
 @pytest.fixture
@@ -65,14 +65,8 @@ def test_jobs_run_end_to_end_on_a_postgresql_store(pg_workers: Workers, tmp_path
 
 
 def test_four_workers_on_one_database_run_each_of_400_jobs_once(pg_workers: Workers, tmp_path: Path) -> None:
-    effects = tmp_path / "effects"
-    lines = "".join(f"echo $JOBCTL_JOB_ID.$JOBCTL_ATTEMPT >> {effects}\n" for _ in range(400))
-    subprocess.run([JOBCTL, "submit", "--from", "-"], input=lines, text=True, check=True, capture_output=True)
-    procs = [pg_workers.start("--concurrency", "2", "--exit-when-idle") for _ in range(4)]
-    for proc in procs:
-        assert proc.wait(timeout=240) == 0
-    runs = effects.read_text().split()
-    assert sorted(runs, key=lambda r: int(r.split(".")[0])) == [f"{i}.1" for i in range(1, 401)]  # once each
+    runs = swarm(pg_workers, tmp_path / "effects", jobs=400, worker_count=4, timeout=240)
+    assert runs == [f"{i}.1" for i in range(1, 401)]  # once each
     records = status()
     assert {j["state"] for j in records} == {"completed"}
     assert len({j["worker"]["pid"] for j in records}) >= 3  # shared out, not run by one worker

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.helpers import JOBCTL, cli, job, jobs, pid_alive, submit, wait_until
+from tests.helpers import JOBCTL, cli, job, jobs, pid_alive, submit, swarm, wait_until
 
 
 def run_info(store: Path, job_id: int) -> dict:
@@ -114,13 +114,8 @@ def test_ten_worker_kills_during_150_jobs_run_each_exactly_once(workers, jobctl_
 
 
 def test_three_workers_never_run_a_job_twice(workers, tmp_path: Path) -> None:
-    effects = tmp_path / "effects"
-    lines = "".join(f"echo $JOBCTL_JOB_ID >> {effects}\n" for _ in range(300))
-    subprocess.run([JOBCTL, "submit", "--from", "-"], input=lines, text=True, check=True, capture_output=True)
-    procs = [workers.start("--concurrency", "2", "--exit-when-idle") for _ in range(3)]
-    for proc in procs:
-        assert proc.wait(timeout=120) == 0
-    assert sorted(int(x) for x in effects.read_text().split()) == list(range(1, 301))
+    runs = swarm(workers, tmp_path / "effects", jobs=300, worker_count=3, timeout=120)
+    assert runs == [f"{i}.1" for i in range(1, 301)]  # every job, once, at its first attempt
     assert len({j["worker"]["pid"] for j in jobs()}) == 3
 
 

@@ -16,17 +16,13 @@ import pytest
 
 from jobctl import stats as figures
 from jobctl.model import Job, State, WorkerRef, iso
-from tests.helpers import cli, finish, job, jobs, run, submit, wait_until
+from tests.helpers import cli, cli_report, finish, job, jobs, run, submit, wait_until
 
 STATES = ["queued", "waiting", "running", "completed", "failed", "cancelled"]
 
 
 def stats_json(*args: str) -> dict[str, Any]:
-    r = cli("stats", "--json", *args)
-    report = json.loads(r.stdout)  # exactly one JSON document, nothing else on stdout
-    assert isinstance(report, dict)
-    assert r.stderr == ""
-    return report
+    return cli_report("stats", *args)
 
 
 def ms(text: str) -> int:
