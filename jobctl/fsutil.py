@@ -8,15 +8,21 @@ cache cannot be trusted) and leaves the target as it was.
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable
+from functools import cache
 from pathlib import Path
+from typing import Any
 
 from jobctl.errors import StoreError
 
 
-def sha256_hex(data: bytes) -> str:
-    """SHA-256 of `data` in hex, from the interpreter's built-in implementation when it has
-    one: `hashlib` initialises OpenSSL on import, about 2 ms on every command's start."""
+@cache
+def _sha256() -> Callable[[bytes], Any]:
+    """The interpreter's built-in SHA-256 when it has one: `hashlib` initialises OpenSSL on
+    import, about 2 ms on every command's start. Looked up once (a failed import is not
+    cached by Python, and each retry searches sys.path)."""
     try:
         from _sha256 import sha256  # type: ignore[import-not-found]  # CPython 3.11
     except ImportError:
@@ -24,8 +30,19 @@ def sha256_hex(data: bytes) -> str:
             from _sha2 import sha256  # type: ignore[import-not-found]  # CPython 3.12 and later
         except ImportError:
             from hashlib import sha256
-    digest: str = sha256(data).hexdigest()
+    return sha256  # type: ignore[no-any-return]
+
+
+def sha256_hex(data: bytes) -> str:
+    digest: str = _sha256()(data).hexdigest()
     return digest
+
+
+def env_ref(env: dict[str, str]) -> tuple[str, bytes]:
+    """A captured environment's content address (its reference in a job record) and its
+    canonical JSON: the same environment always gives the same pair, in every store."""
+    data = json.dumps(env, sort_keys=True, separators=(",", ":")).encode()
+    return sha256_hex(data)[:32], data
 
 
 def hostname() -> str:

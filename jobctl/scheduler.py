@@ -25,6 +25,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from jobctl.errors import QueueFull
 from jobctl.model import FINISHED, Job, State, iso, transition
 
 if TYPE_CHECKING:
@@ -137,8 +138,6 @@ def rate_room(rates: Mapping[str, tuple[int, float]], starts: Mapping[str, Seque
 def queue_room(pending: Mapping[str, int], adding: Mapping[str, int], limits: Mapping[str, int]) -> None:
     """Refuse (QueueFull) a submit that would take a queue past its `max_queued`: `pending`
     counts the queue's queued and waiting jobs, `adding` the new ones of this submit."""
-    from jobctl.errors import QueueFull
-
     for queue, n in sorted(adding.items()):
         limit = limits.get(queue, 0)
         if limit and pending.get(queue, 0) + n > limit:

@@ -19,14 +19,13 @@ import json
 import os
 import selectors
 import signal
-import socket
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jobctl import hooks, supervisor
+from jobctl import fsutil, hooks, supervisor
 from jobctl.errors import Conflict, JobctlError
 from jobctl.jobdir import job_dir
 from jobctl.model import FINISHED, Job, State, WorkerRef, command_line, format_duration, iso, now, transition
@@ -96,7 +95,7 @@ class Worker:
         self.exit_when_idle = exit_when_idle
         self.grace_s = grace_s
         self.log = log
-        self.ref = WorkerRef(socket.gethostname(), os.getpid())
+        self.ref = WorkerRef(fsutil.hostname(), os.getpid())
         self.running: dict[int, Running] = {}
         self.results: list[tuple[Job, Job, str | None]] = []
         """Jobs that ended, with their outcome, to record with the next claim (one write)."""

@@ -58,7 +58,11 @@ def _dumps(obj: Any) -> bytes:
 def encode_line(obj: Any) -> bytes:
     # ASCII JSON: argv and environment may hold bytes that are not UTF-8, which Python keeps
     # as lone surrogates; escaped as \udcXX they round-trip back to the very same bytes.
-    body = json.dumps(obj, separators=(",", ":")).encode()
+    return _framed(_dumps(obj))
+
+
+def _framed(body: bytes) -> bytes:
+    """One stored line: the JSON body, a tab, its CRC-32 in hex."""
     return b"%s\t%08x\n" % (body, zlib.crc32(body))
 
 
@@ -96,8 +100,9 @@ class _Hot:
         a store written before this index existed (built from the shards on first need)."""
         self.events: list[dict[str, Any]] = []
         self.dirty = False
-        self.puts = 0
-        self.settled_at_put = -1
+        self.unsettled = False
+        """A put may have changed what a waiting job waits for (a job became waiting or
+        finished): the transaction settles before it commits. A job that starts does not."""
 
     def copy(self) -> _Hot:
         """A copy a transaction may change freely. The records themselves are shared: a
@@ -111,7 +116,8 @@ class _Hot:
         rec["_v"] = version
         self.records[job.id] = rec
         self.dirty = True
-        self.puts += 1
+        if job.state is State.WAITING or job.state in FINISHED:
+            self.unsettled = True
         if self.reuse is not None and job.unique_key is not None and job.state is State.COMPLETED:
             ids = self.reuse.setdefault(job.unique_key, [])
             if job.id not in ids:
@@ -218,7 +224,7 @@ class JsonStore:
         with self._lock():
             hot = self._read_hot(for_change=True)
             yield hot
-            if hot.puts != hot.settled_at_put:  # a claim settled first and may have changed nothing since
+            if hot.unsettled:
                 self._settle(hot, now())
             if hot.dirty:
                 self._commit(hot)
@@ -227,7 +233,7 @@ class JsonStore:
         """Move on the waiting jobs that have nothing left to wait for (or a failed dependency)."""
         waiting = {i: Job.from_record(r) for i, r in hot.records.items() if r["state"] == "waiting"}
         if not waiting:
-            hot.settled_at_put = hot.puts
+            hot.unsettled = False
             return
 
         def states(ids: Collection[int]) -> dict[int, State]:
@@ -237,7 +243,7 @@ class JsonStore:
             hot.put(new, hot.records[job_id]["_v"] + 1)
             if new.state is not State.WAITING:
                 hot.events.append({"at": iso(at), "job": job_id, "event": new.state.value, "error": new.error})
-        hot.settled_at_put = hot.puts
+        hot.unsettled = False  # settle_all follows each chain to its end in one pass
 
     # --- reading -------------------------------------------------------------------------
 
@@ -479,7 +485,7 @@ class JsonStore:
             tail["reuse"] = hot.reuse
         body = b"".join([_dumps(head)[:-1], b',"jobs":[', b",".join(parts), b"]",
                          b"," + _dumps(tail)[1:] if tail else b"}"])
-        return b"%s\t%08x\n" % (body, zlib.crc32(body))
+        return _framed(body)
 
     def _append_events(self, events: Sequence[dict[str, Any]]) -> None:
         """The audit trail is written after the state it describes, without fsync: a power cut
@@ -496,8 +502,7 @@ class JsonStore:
             pass
 
     def _save_env(self, env: dict[str, str]) -> str:
-        data = json.dumps(env, sort_keys=True, separators=(",", ":")).encode()
-        ref = fsutil.sha256_hex(data)[:32]
+        ref, data = fsutil.env_ref(env)
         path = self._env / f"{ref}.json"
         if not path.exists():
             fsutil.atomic_write(path, data)
@@ -517,9 +522,10 @@ class JsonStore:
             deps = {d for s in specs for d in (*s.job.depends_on, *s.job.depends_any)}
             known = self._current_many(hot, deps)
             unique = {r["unique_key"]: r for r in hot.records.values()
-                      if r.get("unique_key") and r["state"] not in _FINISHED_VALUES}
+                      if r.get("unique_key") and r["state"] not in _FINISHED_VALUES
+                      } if any(spec.job.unique_key for spec in specs) else {}
             if hot.reuse is None and any(spec.reuse for spec in specs):
-                hot.reuse, hot.dirty = self._reuse_index(hot), True  # built once, then kept up to date
+                hot.reuse, hot.dirty = self._reuse_index(), True  # built once, then kept up to date
             adding: dict[str, int] = {}
             jobs_start = hot.next_id
             for spec, ref in zip(specs, env_refs, strict=True):
@@ -551,7 +557,7 @@ class JsonStore:
         self.notify_workers()
         return jobs
 
-    def _reuse_index(self, hot: _Hot) -> dict[str, list[int]]:
+    def _reuse_index(self) -> dict[str, list[int]]:
         """unique_key -> completed jobs, from every stored record (once per store)."""
         index: dict[str, list[int]] = {}
         for job in self.query(states=[State.COMPLETED]):
@@ -579,7 +585,7 @@ class JsonStore:
                                                    for q, ts in hot.starts.items()) if ts}
             cap = capacity._replace(paused=frozenset(hot.paused), running_per_queue=running,
                                       rate_room=rate_room(capacity.rates, hot.starts, at))
-            self._note_unfit(hot, queued, self.workers())
+            self._note_unfit(hot, queued)
             claimed = []
             gpu_ids = list(cap.free_gpu_ids)
             for job in pick(candidates, cap, in_order=True):
@@ -595,12 +601,16 @@ class JsonStore:
                 claimed.append(new)
             return claimed
 
-    def _note_unfit(self, hot: _Hot, queued: Sequence[dict[str, Any]], workers: Sequence[dict[str, Any]]) -> None:
+    def _note_unfit(self, hot: _Hot, queued: Sequence[dict[str, Any]]) -> None:
         """Say in `waiting_for` when no live worker serving its queue could ever run a queued
-        job. A job of one slot and no GPU fits every worker: only others are looked at."""
+        job. A job of one slot and no GPU fits every worker: only others are looked at (and
+        the live workers are listed only for them)."""
+        workers: list[dict[str, Any]] | None = None
         for rec in queued:
             if rec.get("cpus", 1) == 1 and not rec.get("gpus") and rec.get("waiting_for") is None:
                 continue
+            if workers is None:
+                workers = self.workers()
             job = Job.from_record(rec)
             note = unfit_reason(job, workers)
             if note != job.waiting_for:

@@ -16,12 +16,12 @@ directory every host shares.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from jobctl import fsutil
 from jobctl.errors import NotFound, StoreDamaged, StoreError, UsageError
 from jobctl.model import FINISHED, UNFINISHED, Job, State, WorkerRef, iso, now, transition
 from jobctl.scheduler import RATE_HORIZON_S, Capacity, pick, queue_room, rate_room, settle_all
@@ -107,8 +107,10 @@ class PostgresStore:
 
     # --- records ---------------------------------------------------------------------------
 
-    def _rows(self, where: str, params: Sequence[Any], *, lock: str = "") -> dict[int, tuple[dict[str, Any], int]]:
-        rows = self.conn.execute(f"SELECT id, record, version FROM jobctl_jobs WHERE {where} ORDER BY id {lock}", params)
+    def _rows(self, where: str, params: Sequence[Any], *, lock: str = "",
+              order: str = "id") -> dict[int, tuple[dict[str, Any], int]]:
+        rows = self.conn.execute(f"SELECT id, record, version FROM jobctl_jobs WHERE {where} ORDER BY {order} {lock}",
+                                 params)
         return {r[0]: (r[1], r[2]) for r in rows.fetchall()}
 
     def _job(self, record: dict[str, Any]) -> Job:
@@ -141,18 +143,17 @@ class PostgresStore:
                               (event.get("job"), json.dumps(event)))
 
     def _settle(self, at: float) -> None:
-        waiting = {i: self._job(r) for i, (r, _) in self._rows("state = 'waiting'", [], lock="FOR UPDATE").items()}
-        if not waiting:
+        rows = self._rows("state = 'waiting'", [], lock="FOR UPDATE")
+        if not rows:
             return
+        waiting = {i: self._job(r) for i, (r, _) in rows.items()}
 
         def states(ids: Collection[int]) -> dict[int, State]:
             rows = self.conn.execute("SELECT id, state FROM jobctl_jobs WHERE id = ANY(%s)", (list(ids),)).fetchall()
             return {r[0]: State(r[1]) for r in rows}
 
-        versions: dict[int, int] = dict(self.conn.execute("SELECT id, version FROM jobctl_jobs WHERE id = ANY(%s)",
-                                          (list(waiting),)).fetchall())
         for job_id, new in settle_all(waiting, states, at).items():
-            self._put(new, versions[job_id] + 1)
+            self._put(new, rows[job_id][1] + 1)
             if new.state is not State.WAITING:
                 self._events([{"at": iso(at), "job": job_id, "event": new.state.value, "error": new.error}])
 
@@ -161,6 +162,7 @@ class PostgresStore:
     def submit(self, specs: Sequence[JobSpec], *, at: float, max_queued: Mapping[str, int] | None = None) -> list[Job]:
         jobs, new_ids = [], []
         adding: dict[str, int] = {}
+        refs: dict[int, str] = {}
         with self.conn.transaction():
             self._moving()  # also what keeps max_queued's count and the insert together
             deps = sorted({d for s in specs for d in (*s.job.depends_on, *s.job.depends_any)})
@@ -182,9 +184,12 @@ class PostgresStore:
                         jobs.append(self._job(row[0]))
                         continue
                 adding[spec.job.queue] = adding.get(spec.job.queue, 0) + 1
-                data = json.dumps(spec.env, sort_keys=True, separators=(",", ":"))
-                ref = hashlib.sha256(data.encode()).hexdigest()[:32]
-                self.conn.execute("INSERT INTO jobctl_envs VALUES (%s, %s) ON CONFLICT DO NOTHING", (ref, data))
+                if id(spec.env) not in refs:  # most submissions share one environment: saved once
+                    ref, data = fsutil.env_ref(spec.env)
+                    self.conn.execute("INSERT INTO jobctl_envs VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                                      (ref, data.decode()))
+                    refs[id(spec.env)] = ref
+                ref = refs[id(spec.env)]
                 [(job_id,)] = self.conn.execute("SELECT nextval('jobctl_job_ids')").fetchall()
                 job = spec.new_job(job_id, ref, at)
                 self._put(job, 1, insert=True)
@@ -239,7 +244,7 @@ class PostgresStore:
             if capacity.queues is not None:
                 where += " AND queue = ANY(%s)"
                 params.append(sorted(capacity.queues))
-            rows = self._rows(where, params, lock="FOR UPDATE SKIP LOCKED")
+            rows = self._rows(where, params, lock="FOR UPDATE SKIP LOCKED", order="priority DESC, id")
             running: dict[str, int] = dict(self.conn.execute(
                 "SELECT queue, count(*) FROM jobctl_jobs WHERE state = 'running' GROUP BY queue").fetchall())
             paused = frozenset(r[0] for r in self.conn.execute("SELECT queue FROM jobctl_paused"))
@@ -253,7 +258,7 @@ class PostgresStore:
                                       rate_room=rate_room(capacity.rates, starts, at))
             claimed = []
             gpu_ids = list(cap.free_gpu_ids)
-            for job in pick([self._job(r) for r, _ in rows.values()], cap):
+            for job in pick((self._job(r) for r, _ in rows.values()), cap, in_order=True):
                 mine, gpu_ids = tuple(gpu_ids[: job.gpus]), gpu_ids[job.gpus :]
                 new = transition(job, State.RUNNING, at=at, worker=worker, attempt=job.attempt + 1, gpu_ids=mine)
                 self._put(new, rows[job.id][1] + 1)
@@ -410,8 +415,6 @@ class PostgresStore:
         job's environment is there; running jobs whose worker went silent, the workers seen,
         the clock difference with this host, and whether output_root is usable from here."""
         import os
-        import socket
-
         where = _redacted(self.url)
         version, db_now = self.conn.execute("SELECT current_setting('server_version'), now()").fetchone() or ("", None)
         rows = self.conn.execute("SELECT id, state, queue, priority, record FROM jobctl_jobs ORDER BY id").fetchall()
@@ -452,7 +455,7 @@ class PostgresStore:
                                      "heartbeats use the database's clock, job times this host's"))
         if not self.root.is_dir():
             findings.append(("note", f"output_root {self.root} does not exist on this host "
-                                     f"({socket.gethostname()}); it must be a directory every host shares"))
+                                     f"({fsutil.hostname()}); it must be a directory every host shares"))
         elif not os.access(self.root, os.W_OK | os.X_OK):
             findings.append(("note", f"output_root {self.root} is not writable from this host"))
         else:
