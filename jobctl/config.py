@@ -61,19 +61,12 @@ def _str(v: Any) -> str:
     return v
 
 
-_RATE_WINDOWS = {"s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def _rate(v: Any) -> str:
+def _rate(v: Any) -> tuple[int, float]:
+    """"30/m" -> (30, 60.0): at most 30 starts in any 60 seconds."""
     if not isinstance(v, str) or not re.fullmatch(r"0*[1-9]\d*/[smh]", v.strip()):
         raise UsageError("expected a rate such as 30/m (at least 1, per s, m or h)")
-    return v.strip()
-
-
-def rate_window(text: str) -> tuple[int, float]:
-    """"30/m" -> (30, 60.0): at most 30 starts in any 60 seconds."""
-    count, unit = text.split("/")
-    return int(count), _RATE_WINDOWS[unit]
+    count, unit = v.strip().split("/")
+    return int(count), parse_duration(f"1{unit}")
 
 
 class Key(NamedTuple):
@@ -109,7 +102,7 @@ KEYS: dict[str, Key] = {
 QUEUE_KEYS: dict[str, Key] = {
     "concurrency": Key(_int(1), None, int),
     "max_queued": Key(_int(0), 0, int),
-    "rate": Key(_rate, None, str),
+    "rate": Key(_rate, None, str),  # kept as its text in the file
 }
 _QUEUE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -192,14 +185,11 @@ class Config:
             value = value.get(part) if isinstance(value, dict) else None
         if value is None:
             value = key.default
-            if value is not None and key.parse in (_duration, _positive_duration):
+            if isinstance(value, float) and key.toml_type is str:  # a duration default, e.g. 10.0
                 value = format_duration(value)
         if value is None:
             return ""
         return str(value).lower() if isinstance(value, bool) else str(value)
-
-    def queue_setting(self, queue: str, name: str) -> Any:
-        return self.get(f"queues.{queue}.{name}")
 
     def queue_limits(self) -> dict[str, int]:
         """`[queues.NAME] concurrency = N` for every queue that sets it."""
@@ -217,7 +207,7 @@ class Config:
 
     def rates(self) -> dict[str, tuple[int, float]]:
         """`[queues.NAME] rate` of every queue that sets one, as (starts, window seconds)."""
-        return {q: rate_window(v) for q, v in self._per_queue("rate").items()}
+        return self._per_queue("rate")
 
     def with_value(self, dotted: str, text: str) -> dict[str, Any]:
         """The raw TOML table with `dotted` set from command-line text; validates first."""

@@ -11,6 +11,7 @@ import selectors
 import signal
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from functools import cache
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -48,6 +49,7 @@ def capture_env(extra: Sequence[str]) -> dict[str, str]:
     return env
 
 
+@cache  # the same for every job a command touches (a user lookup each time otherwise)
 def _who() -> str:
     s = submitter()
     return f"{s['user']}@{s['host']} pid {s['pid']}"

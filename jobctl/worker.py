@@ -128,18 +128,16 @@ class Worker:
         that has run out while the job still waits for a dependency is no reason to wake: the
         dependency's end will be."""
         at = now()
-        waits = [
-            j.not_before
-            for j in self.store.query(states=[State.WAITING], queues=self.queues)
-            if j.not_before is not None and j.not_before > at and not j.held
-        ]
-        # Queued jobs of a queue at its start rate are held back by time, too.
         rated = self.rates if self.queues is None else {q: r for q, r in self.rates.items() if q in self.queues}
-        if rated:
-            for job in self.store.query(states=[State.QUEUED], queues=rated):
-                n, window = rated[job.queue]
-                waits.append(at + window / n)
-        return waits
+        states = [State.WAITING, State.QUEUED] if rated else [State.WAITING]
+        waits, held_by_rate = [], set()
+        for j in self.store.query(states=states, queues=self.queues):  # one look at the store
+            if j.state is State.QUEUED:
+                if j.queue in rated:  # held back by time too, at its queue's start rate
+                    held_by_rate.add(j.queue)
+            elif j.not_before is not None and j.not_before > at and not j.held:
+                waits.append(j.not_before)
+        return waits + [at + rated[q][1] / rated[q][0] for q in held_by_rate]
 
     def _next_due(self, waits: list[float]) -> float:
         """Seconds until the earliest delayed or backed-off job may start (`waits`, from

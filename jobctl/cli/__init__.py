@@ -1,7 +1,7 @@
 """The command line: the only code that imports typer or rich.
 
 Commands load lazily: `jobctl submit` imports and builds only `submit` (see
-`app.JobctlGroup`), so a command's start-up does not pay for the other sixteen. COMMANDS is
+`app.JobctlGroup`), so a command's start-up does not pay for the other seventeen. COMMANDS is
 the order of `jobctl --help` and where each command lives; a test checks it against the
 modules.
 """
@@ -35,18 +35,11 @@ def main() -> None:
 def _exit(code: int) -> None:
     """Leave without the interpreter's teardown, which frees every module one by one (about
     5 ms, a tenth of a short command's life). jobctl keeps nothing that needs it: files are
-    written and closed by then, its stores are closed here, and only stdout and stderr may
-    still hold output."""
+    written and closed by then, its store was closed with the command's context
+    (`Session.close`), and only stdout and stderr may still hold output."""
     import os
     import sys
 
-    from jobctl.cli.app import SESSIONS
-
-    for session in SESSIONS:
-        try:
-            session.close()
-        except Exception:  # noqa: BLE001 -- the command is done; closing is a courtesy
-            pass
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

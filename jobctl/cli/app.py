@@ -22,24 +22,23 @@ from jobctl.store.base import Store
 T = TypeVar("T")
 
 
-SESSIONS: list["Session"] = []
-"""The sessions of this process, for `jobctl.cli.main` to close before it exits."""
-
-
 class Session:
     """What every command needs: the config and the store, opened on first use."""
 
     def __init__(self, store_flag: str | None, debug: bool) -> None:
         self.store_flag = store_flag
         self.debug = debug
-        SESSIONS.append(self)
 
     def close(self) -> None:
-        """Close the store if it was opened (a database connection says goodbye)."""
+        """Close the store if it was opened (a database connection says goodbye). Run by
+        click when the command's context ends, before `jobctl.cli.main` leaves."""
         store = self.__dict__.get("store")
         close = getattr(store, "close", None)
         if close is not None:
-            close()
+            try:
+                close()
+            except Exception:  # noqa: BLE001 -- the command is done; closing is a courtesy
+                pass
 
     @cached_property
     def config(self) -> Config:
@@ -205,3 +204,4 @@ def main(
     not found, 125 cancelled or lost, 128+N killed by signal N).
     """
     ctx.obj = Session(store, debug)
+    ctx.call_on_close(ctx.obj.close)

@@ -26,6 +26,13 @@ def out(text: str) -> None:
     sys.stdout.write(text + "\n")
 
 
+def use_color(no_color: bool) -> bool:
+    """Colours only on a terminal, and never with --no-color or NO_COLOR set."""
+    import os
+
+    return not no_color and "NO_COLOR" not in os.environ and sys.stdout.isatty()
+
+
 def note(text: str) -> None:
     sys.stderr.write(text + "\n")
 

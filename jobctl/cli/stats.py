@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -38,7 +36,7 @@ def stats(
     if as_json:
         render.json_out(report)
     else:
-        show(report, color=not no_color and "NO_COLOR" not in os.environ and sys.stdout.isatty())
+        show(report, color=render.use_color(no_color))
 
 
 STATES = [s.value for s in State]

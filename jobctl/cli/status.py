@@ -1,6 +1,5 @@
 """`jobctl status`: the table of jobs, or the full record of some."""
 
-import os
 import sys
 from typing import Annotated
 
@@ -41,8 +40,12 @@ def status(
     except ValueError:
         raise UsageError(f"invalid --state (one of {', '.join(State)})") from None
     store = s.store
-    live = {(w["host"], w["pid"]) for w in store.workers()}
+    if watch and sys.stdout.isatty() and not as_json and not ids:  # the view reads the workers itself
+        from jobctl.cli.watch import watch_jobs
 
+        watch_jobs(store, states=states or None, queues=queue or None, color=render.use_color(no_color))
+        return
+    live = {(w["host"], w["pid"]) for w in store.workers()}
     if ids:
         jobs = [store.get(i) for i in service.parse_ids(ids)]
         if as_json:
@@ -53,12 +56,7 @@ def status(
                     render.out("")
                 render.job_detail(job, store.root, live)
         return
-    color = not no_color and "NO_COLOR" not in os.environ and sys.stdout.isatty()
-    if watch and sys.stdout.isatty() and not as_json:
-        from jobctl.cli.watch import watch_jobs
-
-        watch_jobs(store, states=states or None, queues=queue or None, color=color)
-        return
+    color = render.use_color(no_color)
     if as_json:
         render.json_texts(service.jobs_json(store, states=states, queues=queue, live=live))
         return

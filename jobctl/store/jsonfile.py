@@ -753,7 +753,7 @@ class JsonStore:
         return frozenset(self._read_hot().paused)
 
     def check(self) -> list[tuple[str, str]]:
-        findings: list[tuple[str, str]] = [("note", w) for w in self.warnings]
+        findings: list[tuple[str, str]] = []  # self.warnings: printed when the store opened
         try:
             hot = self._read_hot()
         except StoreDamaged as e:

@@ -422,7 +422,7 @@ class PostgresStore:
         beats = {(h, p): age for h, p, age in self.conn.execute(
             "SELECT host, pid, extract(epoch FROM now() - heartbeat)::float FROM jobctl_workers")}
         self.conn.commit()
-        findings: list[tuple[str, str]] = [("note", w) for w in self.warnings]
+        findings: list[tuple[str, str]] = []  # self.warnings: printed when the store opened
         states: dict[str, int] = {}
         for job_id, state, queue, priority, record in rows:
             try:
