@@ -449,7 +449,8 @@ def cleanup(
     ceiling = store.next_id()  # before the query: a job submitted after it has a larger id
     heads, delete = _heads(store)
     known = {h.id for h in heads}
-    leftovers = sorted(i for i in jobdir.job_dir_ids(store.root) if i < ceiling and i not in known)
+    on_disk = jobdir.job_dir_ids(store.root)
+    leftovers = sorted(i for i in on_disk if i < ceiling and i not in known)
     finished = sorted((h for h in heads if h.state in wanted), key=lambda h: (h.finished_at or 0, h.id))
     victims = [h for h in finished if (h.finished_at or 0) <= at - older_than_s]
     measured = finished if max_total is not None else victims
@@ -457,7 +458,7 @@ def cleanup(
     sizes = {i: jobdir.size(prefix + str(i)) for i in [h.id for h in measured] + leftovers}
     if max_total is not None:
         chosen = {h.id for h in victims}
-        kept = sum(jobdir.size(prefix + str(i)) for i in jobdir.job_dir_ids(store.root))
+        kept = sum(sizes[i] if i in sizes else jobdir.size(prefix + str(i)) for i in on_disk)  # each measured once
         kept -= sum(sizes[i] for i in chosen) + sum(sizes[i] for i in leftovers)
         for head in finished:
             if kept <= max_total:
