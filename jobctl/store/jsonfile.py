@@ -109,7 +109,7 @@ class _Hot:
         record is replaced (`put`), never changed in place."""
         return _Hot(self.next_id, dict(self.records), set(self.paused),
                     starts={q: list(ts) for q, ts in self.starts.items()},
-                    reuse=None if self.reuse is None else {k: list(ids) for k, ids in self.reuse.items()})
+                    reuse=None if self.reuse is None else dict(self.reuse))  # its lists are replaced, never changed
 
     def put(self, job: Job, version: int) -> None:
         rec = job.to_record()
@@ -119,9 +119,9 @@ class _Hot:
         if job.state is State.WAITING or job.state in FINISHED:
             self.unsettled = True
         if self.reuse is not None and job.unique_key is not None and job.state is State.COMPLETED:
-            ids = self.reuse.setdefault(job.unique_key, [])
+            ids = self.reuse.get(job.unique_key, [])
             if job.id not in ids:
-                ids.append(job.id)
+                self.reuse[job.unique_key] = [*ids, job.id]
 
 
 class JsonStore:
