@@ -1,9 +1,9 @@
 """The small parent each job runs under, so that no worker has to be the job's parent.
 
-The worker forks a supervisor per job (a fork, not a new interpreter: cheap). The supervisor
-starts its own session, starts the job in another new session (its process group is the job's
-pid), waits for it with `wait4`, and writes the outcome to `<job dir>/result.json`. If the
-worker dies meanwhile, the supervisor and the job carry on, and whichever worker looks next
+The worker's launcher (jobctl/launcher.py) forks a supervisor per job (a fork, not a new
+interpreter: cheap). The supervisor starts its own session, starts the job in another new
+session (its process group is the job's pid), waits for it with `wait4`, and writes the
+outcome to `<job dir>/result.json`. If the worker dies meanwhile, the supervisor and the job carry on, and whichever worker looks next
 reads the result: a worker crash costs no work.
 
 It is also the one place that stops a job: SIGTERM to the supervisor means "cancel", SIGUSR2
@@ -50,20 +50,35 @@ class Launch:
 LIFE_LOCK = "supervisor.lock"
 
 
-def start(launch: Launch) -> int:
+def prepare() -> None:
+    """What every supervisor needs, done once in the process that forks them (the launcher),
+    not in each forked child: importing psutil and ctypes took 15 ms of a job's start (submit
+    to start, SPEC < 20 ms), looking up prctl and reading the boot id most of a millisecond."""
+    import psutil  # noqa: F401
+
+    global _prctl
+    if _prctl is None:
+        import ctypes
+
+        try:
+            _prctl = ctypes.CDLL(None, use_errno=True).prctl
+        except (OSError, AttributeError):
+            _prctl = False  # not Linux: the job's process group is all a stop reaches
+    boot_id()
+
+
+def start(launch: Launch, fd_limit: int | None = None) -> int:
     """Fork the supervisor of one job and return its pid. Call without holding the store lock.
 
     The supervisor's life lock (`<job dir>/supervisor.lock`) is taken here, before the fork,
     and only the child keeps it: from before the job can start until the supervisor has
     written result.json and exited, it is held; a worker that died before forking released it
     with its own death. So "not held" always means "no supervisor", with no race and no clock.
+
+    The child closes every descriptor of the caller's but the life lock; `fd_limit` says that
+    the caller holds none at or above it (apart from the lock), which spares listing them.
     """
-    # What every supervisor needs, imported here in the worker once, not in each forked
-    # child: importing them took 15 ms of a job's start (submit to start, SPEC < 20 ms).
-    import ctypes  # noqa: F401
-
-    import psutil  # noqa: F401
-
+    prepare()
     sys.stdout.flush()
     sys.stderr.flush()
     life = os.open(launch.job_dir / LIFE_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -75,17 +90,22 @@ def start(launch: Launch) -> int:
     code = 0
     try:
         os.setsid()
-        _become_subreaper()
+        if _prctl:
+            # Orphans of the job (a daemon that double-forked and left the job's session) are
+            # re-parented to this supervisor instead of init, so a stop finds and kills them.
+            _prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         # Not the worker's terminal or pipes: a long job must not hold them open.
         devnull = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
+        if devnull > 2:
+            os.close(devnull)
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
-        # The worker's lock files, FIFOs and pidfds are not ours; the life lock is.
+        # The caller's lock files, FIFOs, sockets and pidfds are not ours; the life lock is.
         os.closerange(3, life)
-        os.closerange(life + 1, _max_fd())
+        os.closerange(life + 1, fd_limit or max_fd())
         _supervise(launch)
     except BaseException:
         code = 70
@@ -99,17 +119,8 @@ def start(launch: Launch) -> int:
 
 
 PR_SET_CHILD_SUBREAPER = 36
-
-
-def _become_subreaper() -> None:
-    """Orphans of the job (a daemon that double-forked and left the job's session) are
-    re-parented to this supervisor instead of init, so a stop finds and kills them (Linux)."""
-    import ctypes
-
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass  # not Linux: the job's process group is all a stop reaches
+_prctl: Any = None
+"""libc's prctl (looked up by `prepare`), or False where there is none."""
 
 
 def _stop_tree(pgid: int, sig: int) -> None:
@@ -129,7 +140,7 @@ def _stop_tree(pgid: int, sig: int) -> None:
             pass
 
 
-def _max_fd() -> int:
+def max_fd() -> int:
     try:
         return max(int(n) for n in os.listdir("/proc/self/fd")) + 1
     except (OSError, ValueError):
@@ -154,7 +165,8 @@ def _supervise(launch: Launch) -> None:
     if job.gpus or launch.hide_gpus:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in job.gpu_ids)
     _keep_earlier_logs(jd, job.attempt)
-    _record_run(jd, None, job.attempt)
+    me = _ident(os.getpid())
+    _record_run(jd, me, None, job.attempt)
     started = now()
     result: dict[str, Any] = {
         "attempt": job.attempt, "started_at": started, "exit_code": None, "signal": None,
@@ -173,7 +185,7 @@ def _supervise(launch: Launch) -> None:
             result.update(_start_failure(e, job))
             proc = None
     if proc is not None:
-        _record_run(jd, proc.pid, job.attempt)
+        _record_run(jd, me, proc.pid, job.attempt)
         result.update(_watch(proc, launch, wake_r, requested))
     result["finished_at"] = now()
     from jobctl.jobdir import read_progress
@@ -290,21 +302,28 @@ def _reap_orphans() -> None:
             return
 
 
-def _record_run(jd: Path, job_pid: int | None, attempt: int) -> None:
+def _record_run(jd: Path, me: dict[str, Any], job_pid: int | None, attempt: int) -> None:
     """Who to signal for this job: pids with their start times and the boot id, so that a
     recycled pid (or one from before a reboot) is never taken for ours."""
     info = {
-        "attempt": attempt, "boot_id": boot_id(), "supervisor": _ident(os.getpid()),
+        "attempt": attempt, "boot_id": boot_id(), "supervisor": me,
         "job": None if job_pid is None else _ident(job_pid),
     }
     fsutil.atomic_write(jd / RUN_FILE, json.dumps(info).encode(), durable=False)
 
 
+_boot_id: str | None = None
+
+
 def boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
+    """This boot's id (Linux), read once per process: a process never outlives its boot."""
+    global _boot_id
+    if _boot_id is None:
+        try:
+            _boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        except OSError:
+            _boot_id = ""
+    return _boot_id
 
 
 def supervisor_alive(jd: Path) -> bool:
@@ -334,12 +353,29 @@ def read_run(jd: Path, attempt: int, *, any_boot: bool = False) -> dict[str, Any
 
 
 def _ident(pid: int) -> dict[str, Any]:
-    import psutil
+    return {"pid": pid, "start_ticks": start_ticks(pid)}
 
+
+def start_ticks(pid: int) -> int | None:
+    """When `pid` started, in clock ticks since boot (/proc/PID/stat, field 22): with the boot
+    id, what tells a process from a later one that got its pid. Not the wall clock, so a clock
+    step never makes our own process look like a stranger; None if it is gone (or not Linux)."""
     try:
-        return {"pid": pid, "create_time": psutil.Process(pid).create_time()}
-    except psutil.Error:
-        return {"pid": pid, "create_time": None}
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        data = os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    # The name (field 2) is in parentheses and may hold anything; fields 3… follow the last ')'.
+    fields = data[data.rfind(b")") + 2:].split()
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
 
 
 def _killpg(pgid: int, sig: int) -> None:
@@ -464,19 +500,23 @@ def signal_running(jd: Path, attempt: int, sig: int) -> bool:
     """Send `sig` to the supervisor of attempt `attempt`, if it is still that very process.
 
     The pid comes from run.json with its start time; a pid that now belongs to another process
-    (recycled) is never signalled. False if there is nothing to signal.
+    (recycled) is never signalled: the pid is pinned by a pidfd first, then its start time is
+    compared, then the signal goes through the pidfd. False if there is nothing to signal.
     """
-    import psutil
-
     info = read_run(jd, attempt)
     sup = {} if info is None else info.get("supervisor", {})
-    if sup.get("create_time") is None:
+    if sup.get("start_ticks") is None:
         return False
     try:
-        proc = psutil.Process(sup["pid"])
-        if proc.create_time() != sup["create_time"]:
-            return False
-        proc.send_signal(sig)
-    except psutil.Error:
+        pidfd = os.pidfd_open(sup["pid"])
+    except OSError:
         return False
+    try:
+        if start_ticks(sup["pid"]) != sup["start_ticks"]:
+            return False
+        signal.pidfd_send_signal(pidfd, sig)
+    except ProcessLookupError:
+        return False
+    finally:
+        os.close(pidfd)
     return True

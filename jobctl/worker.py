@@ -28,6 +28,7 @@ from typing import Any
 from jobctl import fsutil, hooks, supervisor
 from jobctl.errors import Conflict, JobctlError
 from jobctl.jobdir import job_dir
+from jobctl.launcher import Launcher, LauncherGone
 from jobctl.model import FINISHED, Job, State, WorkerRef, command_line, format_duration, iso, now, transition
 from jobctl.scheduler import Capacity
 from jobctl.store import wake
@@ -45,8 +46,6 @@ class Running:
     supervisor_pid: int
     pidfd: int
     stop_sent: bool = False
-    adopted: bool = False
-    """Started by a worker that died: not our child, so not ours to waitpid()."""
     disowned: bool = False
     """The store gave this attempt to another worker: stop it, record nothing."""
 
@@ -146,6 +145,7 @@ class Worker:
         return max(0.0, min([self.poll_s, beat, *(d - now() for d in waits)]))
 
     def run(self) -> int:
+        self.launcher = Launcher()  # first: it should share as little of this process as it can
         sig_r, sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         old_fd = signal.set_wakeup_fd(sig_w)
         old = {s: signal.signal(s, lambda *_: None) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -162,7 +162,10 @@ class Worker:
             while True:
                 self._start_cleanup()
                 started = self._fill()
-                waits = [] if started else self._timed_waits()  # one look at the store per round
+                # One look at the store per round, and none while every slot is busy: a delayed
+                # job that comes due then could not start anyway, and the next job's end wakes us.
+                full = self.capacity().free_slots <= 0 or self.stopping > 0
+                waits = [] if started or full else self._timed_waits()
                 idle = not started and not waits
                 if not self.running and (self.stopping or (self.exit_when_idle and idle)):
                     if self._may_leave():
@@ -205,6 +208,7 @@ class Worker:
                 signal.signal(s, h)
             os.close(sig_r)
             os.close(sig_w)
+            self.launcher.close()
         self.log("worker stopped")
         return 0
 
@@ -243,8 +247,17 @@ class Worker:
         launch = supervisor.Launch(
             job=job, env=env, job_dir=jd, grace_s=self.grace_s, store=self.store.location, hide_gpus=bool(self.gpus)
         )
-        pid = supervisor.start(launch)
-        pidfd = os.pidfd_open(pid)
+        try:
+            pid, pidfd = self.launcher.start(launch)
+        except LauncherGone as e:
+            # Whether it forked the supervisor before it died is unknown: look, as for a job
+            # of a dead worker (run.json says whether it started), and the next heartbeat
+            # looks again if it cannot tell yet. Never a second supervisor for the attempt.
+            self.log(f"job {job.id}: {e}; starting a new launcher")
+            self.launcher.close()
+            self.launcher = Launcher()
+            self._watch_adopted(job)
+            return
         self.running[job.id] = Running(job, pid, pidfd)
         self.sel.register(pidfd, selectors.EVENT_READ, job.id)
         self.log(f"job {job.id} started (attempt {job.attempt}): {command_line(job.command)}")
@@ -252,9 +265,7 @@ class Worker:
     def _reap(self, job_id: int) -> None:
         run = self.running.pop(job_id)
         self.sel.unregister(run.pidfd)
-        os.close(run.pidfd)
-        if not run.adopted:
-            os.waitpid(run.supervisor_pid, 0)
+        os.close(run.pidfd)  # supervisors are the launcher's children: it reaps them
         job = run.job
         if run.disowned:
             self.log(f"job {job.id}: stopped copy, result discarded")
@@ -275,9 +286,10 @@ class Worker:
         """
         self.last_orphan_check = time.monotonic()
         live = {(w["host"], w["pid"]) for w in self.store.workers()}
+        ours = set(self.running) | {job.id for job, _, _ in self.results}  # ended, result not yet written
         for job in self.store.query(states=[State.RUNNING]):
             owner = job.worker
-            if owner is None or job.id in self.running:
+            if owner is None or job.id in ours:
                 continue
             if owner.host != self.ref.host:
                 # Another host's worker, gone (stale heartbeat): its processes are out of
@@ -315,7 +327,7 @@ class Worker:
             except ProcessLookupError:
                 pidfd = -1
             if pid is not None and pidfd >= 0:
-                self.running[job.id] = Running(job, pid, pidfd, adopted=True)
+                self.running[job.id] = Running(job, pid, pidfd)
                 self.sel.register(pidfd, selectors.EVENT_READ, job.id)
                 return
             if supervisor.supervisor_alive(jd):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.helpers import JOBCTL, cli, job, jobs, pid_alive, submit, swarm, wait_until
+from tests.helpers import JOBCTL, cli, job, jobs, pid_alive, stderr_so_far, submit, swarm, wait_until
 
 
 def run_info(store: Path, job_id: int) -> dict:
@@ -192,3 +192,65 @@ def test_a_claimed_job_whose_worker_died_before_starting_it_is_queued_again_unch
     workers.start("--exit-when-idle").wait(timeout=30)
     record = job(i)
     assert (record["state"], record["attempt"], record["lost_attempts"]) == ("completed", 1, 0)
+
+
+def launcher_of(worker_pid: int) -> psutil.Process:
+    """The worker's launcher: its one child that is a fork of it (hooks and cleanup are not)."""
+    worker = psutil.Process(worker_pid)
+    [launcher] = [p for p in worker.children() if p.cmdline() == worker.cmdline()]
+    return launcher
+
+
+def test_a_killed_worker_takes_its_launcher_along_but_not_its_jobs(workers, jobctl_env: Path, tmp_path: Path) -> None:
+    go = tmp_path / "go"
+    i = submit("sh", "-c", f"while [ ! -e {go} ]; do sleep 0.05; done")
+    first = workers.start()
+    wait_until(lambda: started(jobctl_env, i), what="job started")
+    launcher = launcher_of(first.pid)
+    supervisor_pid = run_info(jobctl_env, i)["supervisor"]["pid"]
+    first.kill()
+    first.wait(timeout=10)
+    # The launcher leaves when its worker is gone; the job's supervisor (its child) does not.
+    wait_until(lambda: not pid_alive(launcher.pid), what="the launcher exits")
+    assert pid_alive(supervisor_pid)
+    workers.start()
+    go.touch()
+    wait_until(lambda: job(i)["state"] == "completed", what="the adopted job completes")
+    assert job(i)["attempt"] == 1
+
+
+def test_a_worker_whose_launcher_died_starts_another_and_loses_no_job(workers, jobctl_env: Path) -> None:
+    w = workers.start()
+    wait_until(lambda: len(psutil.Process(w.pid).children()) == 1, what="the launcher is up")
+    wait_until(lambda: b"started:" in stderr_so_far(w), what="the worker is up")
+    launcher = launcher_of(w.pid)
+    launcher.kill()
+    wait_until(lambda: not pid_alive(launcher.pid), what="the launcher is dead")  # a zombie until its worker looks
+    ids = [submit("true") for _ in range(3)]
+    wait_until(lambda: all(job(i)["state"] == "completed" for i in ids), what="all three completed")
+    # The first start found the launcher gone; that job went back to the queue uncharged.
+    assert [job(i)["attempt"] for i in ids] == [1, 1, 1]
+    assert b"starting a new launcher" in stderr_so_far(w)
+    assert launcher_of(w.pid).pid != launcher.pid
+
+
+def test_a_job_whose_result_is_not_yet_written_is_not_taken_for_an_orphan(jobctl_env: Path) -> None:
+    # A worker records results with its next claim; a heartbeat in between must not look at
+    # such a job as one of its own whose supervisor vanished (it would record it twice).
+    from jobctl.model import State, WorkerRef, transition
+    from jobctl.scheduler import Capacity
+    from jobctl.store.jsonfile import JsonStore
+    from jobctl.worker import Worker
+
+    i = submit("true")
+    store = JsonStore(jobctl_env)
+    w = Worker(store, concurrency=1, queues=None, exit_when_idle=True, grace_s=1.0, log=lambda _: None)
+    w.ref = WorkerRef(os.uname().nodename, os.getpid())
+    [claimed] = store.claim(w.ref, Capacity(1, 1), at=0.0)
+    assert claimed.id == i
+    done = transition(claimed, State.COMPLETED, at=1.0, exit_code=0, reason="exit")
+    w.results.append((claimed, done, None))
+    before = (jobctl_env / "state.json").read_bytes()
+    w._adopt_orphans()
+    assert (jobctl_env / "state.json").read_bytes() == before
+    assert w.results == [(claimed, done, None)] and not w.running

@@ -77,14 +77,14 @@ def test_a_pid_whose_start_time_differs_is_never_signalled(tmp_path: Path) -> No
     try:
         jd = tmp_path / "job"
         jd.mkdir()
+        real = supervisor.start_ticks(victim.pid)
+        assert real is not None and real > 0
         info = {"attempt": 1, "boot_id": supervisor.boot_id(), "job": None,
-                "supervisor": {"pid": victim.pid, "create_time": 12345.0}}  # another process's start time
+                "supervisor": {"pid": victim.pid, "start_ticks": real - 1}}  # another process's start time
         (jd / "run.json").write_text(json.dumps(info))
         assert supervisor.signal_running(jd, 1, signal.SIGTERM) is False
         info["boot_id"] = "another-boot"
-        import psutil
-
-        info["supervisor"]["create_time"] = psutil.Process(victim.pid).create_time()
+        info["supervisor"]["start_ticks"] = real
         (jd / "run.json").write_text(json.dumps(info))
         assert supervisor.signal_running(jd, 1, signal.SIGTERM) is False  # right pid, wrong boot
         assert pid_alive(victim.pid)
