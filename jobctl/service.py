@@ -447,7 +447,7 @@ def cleanup(
         wanted = wanted - {State.FAILED}
     at = now()
     ceiling = store.next_id()  # before the query: a job submitted after it has a larger id
-    heads, delete = _heads(store)
+    heads = store.heads()
     known = {h.id for h in heads}
     on_disk = jobdir.job_dir_ids(store.root)
     leftovers = sorted(i for i in on_disk if i < ceiling and i not in known)
@@ -470,7 +470,7 @@ def cleanup(
     freed = sum(sizes[i] for i in leftovers)
     if dry_run:
         return CleanupReport(victims, freed + sum(sizes[h.id] for h in victims), True, sizes, leftovers)
-    removed = delete(victims)
+    removed = store.delete_heads(victims)
     jobdir.discard(store.root, [h.id for h in removed] + leftovers)
     if removed:
         store.prune()
@@ -478,23 +478,6 @@ def cleanup(
         store.prune_history(ids, {"at": iso(at), "job": None, "event": "cleaned up", "count": len(ids),
                                   "ids": _ranges(ids), "bytes": sum(sizes[i] for i in ids), "by": _who()})
     return CleanupReport(removed, freed + sum(sizes[h.id] for h in removed), False, sizes, leftovers)
-
-
-def _heads(store: Store) -> tuple[list[JobHead], Callable[[list[JobHead]], list[JobHead]]]:
-    """Every stored job's head, and how to delete jobs given their heads (guarded like
-    `Store.delete`). The JSON store reads heads from its shards' text, 100,000 in a fraction
-    of a second; another store through its Jobs."""
-    from jobctl.store.jsonfile import JsonStore
-
-    if isinstance(store, JsonStore):
-        return store.heads(), store.delete_heads
-    jobs = {j.id: j for j in store.query()}
-
-    def delete(heads: list[JobHead]) -> list[JobHead]:
-        gone = {j.id for j in store.delete([jobs[h.id] for h in heads])}
-        return [h for h in heads if h.id in gone]
-
-    return [JobHead(j.id, j.state, j.attempt, j.finished_at) for j in jobs.values()], delete
 
 
 # --- status ---------------------------------------------------------------------------------
@@ -510,11 +493,9 @@ def jobs_json(
 ) -> list[bytes]:
     """`status --json`: the SPEC's object (`model.public_dict`) of each of `jobs`, or of every
     job matching the filters in id order, as compact JSON, running jobs with their live
-    progress. The JSON store writes those of its finished jobs straight from their stored
-    text (`JsonStore.public_json`): 100,000 jobs in well under a second."""
+    progress. A store may write those of its finished jobs straight from their stored text
+    (`Store.public_json`; the JSON store does: 100,000 jobs in well under a second)."""
     import json
-
-    from jobctl.store.jsonfile import JsonStore
 
     at = now()
     prefix = jobdir.jobs_prefix(store.root)
@@ -526,9 +507,7 @@ def jobs_json(
 
     if jobs is not None:
         return [render(j) for j in jobs]
-    if isinstance(store, JsonStore):
-        return store.public_json(states=states or None, queues=queues or None, render=render)
-    return [render(j) for j in store.query(states=states or None, queues=queues or None)]
+    return store.public_json(states=states or None, queues=queues or None, render=render)
 
 
 def parse_ids(texts: Sequence[str]) -> list[int]:

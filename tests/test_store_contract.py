@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from jobctl.errors import Conflict, NotFound, StoreDamaged, StoreError, UsageError
-from jobctl.model import FINISHED, Job, State, WorkerRef, transition
+from jobctl.jobdir import jobs_prefix
+from jobctl.model import FINISHED, Job, JobHead, State, WorkerRef, public_dict, transition
 from jobctl.scheduler import Capacity
 from jobctl.store.base import Guarded, JobSpec, Store
 from jobctl.store.jsonfile import FLUSH_AT, JsonStore
@@ -126,6 +128,90 @@ def test_delete_removes_only_finished_jobs_that_did_not_change(store: Store) -> 
     assert [j.id for j in store.query()] == [2, 3]
     [new] = store.submit([spec()], at=4.0)
     assert new.id == 4  # ids are never reused
+
+
+def finish_all(store: Store, jobs: list[Job], states: dict[int, State] | None = None) -> list[Job]:
+    """Finish running `jobs` in one write, job i at 1000 + i + 0.123456789 (a time no short
+    float format keeps), as `states` says (default completed)."""
+    states = states or {}
+    return store.update([Guarded(transition(j, states.get(j.id, State.COMPLETED), at=1000 + j.id + 0.123456789,
+                                            exit_code=0), j.state, j.attempt) for j in jobs])
+
+
+def test_heads_list_every_job_in_id_order(store: Store) -> None:
+    n = FLUSH_AT + 6  # enough finished jobs for the JSON store to move some to its shards
+    store.submit([spec() for _ in range(n)], at=1.0)
+    running = claim(store, slots=n - 2)
+    assert [j.id for j in running] == list(range(1, n - 1))
+    finish_all(store, running[:-1], {5: State.FAILED, 7: State.CANCELLED})
+    [five] = store.update([Guarded(transition(store.get(5), State.QUEUED, at=2000.0), State.FAILED, 1)])  # a retry
+    expected = [JobHead(i, {7: State.CANCELLED}.get(i, State.COMPLETED), 1, 1000 + i + 0.123456789)
+                for i in range(1, n - 2)]
+    expected[4] = JobHead(5, State.QUEUED, 1, None)
+    expected += [JobHead(n - 2, State.RUNNING, 1, None), JobHead(n - 1, State.QUEUED, 0, None),
+                 JobHead(n, State.QUEUED, 0, None)]
+    assert store.heads() == expected
+    assert store.heads() == [JobHead(j.id, j.state, j.attempt, j.finished_at) for j in store.query()]
+    [again] = claim(store, queues=[five.queue])  # job 5 is the oldest queued one
+    assert again.id == 5 and again.attempt == 2
+    assert store.heads()[4] == JobHead(5, State.RUNNING, 2, None)
+
+
+def test_delete_heads_removes_only_finished_jobs_still_as_listed(store: Store) -> None:
+    n = FLUSH_AT + 6
+    store.submit([spec(queue="b" if i == 3 else "a") for i in range(1, n + 1)], at=1.0)
+    running = claim(store, slots=n - 1)
+    finish_all(store, running[:-1], {2: State.FAILED, 3: State.FAILED})
+    before = store.heads()
+    assert [(h.id, h.state) for h in before[:3]] == [(1, State.COMPLETED), (2, State.FAILED), (3, State.FAILED)]
+    assert before[-2:] == [JobHead(n - 1, State.RUNNING, 1, None), JobHead(n, State.QUEUED, 0, None)]
+    # meanwhile job 2 is retried (its state changes) and job 3 retried and failed again (its attempt changes)
+    store.update([Guarded(transition(store.get(2), State.QUEUED, at=2000.0), State.FAILED, 1),
+                  Guarded(transition(store.get(3), State.QUEUED, at=2000.0), State.FAILED, 1)])
+    [three] = claim(store, queues=["b"])
+    assert three.id == 3 and three.attempt == 2
+    finish_all(store, [three], {3: State.FAILED})
+    forged = [JobHead(n, State.COMPLETED, 0, None), JobHead(n - 1, State.COMPLETED, 1, None)]  # unfinished jobs
+    removed = store.delete_heads([*before, *forged])
+    assert [h.id for h in removed] == [1, *range(4, n - 1)]
+    assert removed == [h for h in before if h.id in {1, *range(4, n - 1)}]
+    assert store.heads() == [JobHead(2, State.QUEUED, 1, None), JobHead(3, State.FAILED, 2, 1003.123456789),
+                             JobHead(n - 1, State.RUNNING, 1, None), JobHead(n, State.QUEUED, 0, None)]
+    with pytest.raises(NotFound):
+        store.get(1)
+    assert [j.id for j in store.query()] == [2, 3, n - 1, n]
+    current_three = store.heads()[1]
+    assert store.delete_heads([current_three]) == [current_three]
+    assert store.delete_heads([current_three]) == []  # already gone
+    assert store.delete_heads([]) == []
+    assert [h.id for h in store.heads()] == [2, n - 1, n]
+
+
+def test_public_json_is_render_of_query_with_the_same_filters(store: Store) -> None:
+    n = FLUSH_AT + 6
+    store.submit([spec("echo", str(i), queue="a" if i % 2 else "b") for i in range(1, n + 1)], at=1.0)
+    running = claim(store, slots=n - 2)
+    finish_all(store, running[:-1], {2: State.FAILED, 9: State.FAILED})
+    prefix = jobs_prefix(store.root)
+
+    def render(job: Job) -> bytes:
+        return json.dumps(public_dict(job, prefix + str(job.id), 5000.0), separators=(",", ":")).encode()
+
+    def state(i: int) -> State:
+        if i <= n - 3:
+            return State.FAILED if i in (2, 9) else State.COMPLETED
+        return State.RUNNING if i == n - 2 else State.QUEUED
+
+    for states, queues in [(None, None), (FINISHED, None), (None, ["a"]), ([State.FAILED], None),
+                           ([State.QUEUED, State.RUNNING], ["b"]), (FINISHED, ["b"]), (None, ["none"]), ([], None)]:
+        got = store.public_json(states=states, queues=queues, render=render)
+        assert got == [render(j) for j in store.query(states=states, queues=queues)]
+        ids = [i for i in range(1, n + 1)
+               if (states is None or state(i) in states) and (queues is None or ("a" if i % 2 else "b") in queues)]
+        assert [json.loads(text)["id"] for text in got] == ids, (states, queues)
+        assert [json.loads(text)["state"] for text in got] == [state(i).value for i in ids]
+        assert [json.loads(text)["command"] for text in got] == [["echo", str(i)] for i in ids]
+    assert len(store.public_json(render=render)) == n
 
 
 @json_only

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 from jobctl.errors import Conflict, NotFound
-from jobctl.model import FINISHED, Job, State, WorkerRef, iso, now
+from jobctl.model import FINISHED, Job, JobHead, State, WorkerRef, iso, now
 from jobctl.scheduler import Capacity
 
 
@@ -119,6 +119,23 @@ class Store(Protocol):
     ) -> list[Job]:
         """Jobs matching the filters, in id order: a consistent snapshot, never a torn mix."""
 
+    def public_json(
+        self,
+        *,
+        states: Collection[State] | None = None,
+        queues: Collection[str] | None = None,
+        render: Callable[[Job], bytes],
+    ) -> list[bytes]:
+        """`status --json`: what `[render(j) for j in query(states=…, queues=…)]` returns.
+
+        A store may write finished jobs straight from their stored text instead of calling
+        `render` (the JSON store does, from its shards); the bytes must be the same.
+        """
+
+    def heads(self) -> list[JobHead]:
+        """Every stored job's id, state, attempt and finished_at, in id order, as `query()`
+        would give them (cleanup): read without a whole Job for each."""
+
     def env(self, job: Job) -> dict[str, str]:
         """The environment captured when `job` was submitted."""
 
@@ -164,6 +181,10 @@ class Store(Protocol):
         Returns the ones removed; a job that changed meanwhile (a retry) is skipped. Atomic per
         job; the job directories are the caller's to remove afterwards.
         """
+
+    def delete_heads(self, heads: Sequence[JobHead]) -> list[JobHead]:
+        """`delete` for what `heads` listed: the same guards (finished, same state and
+        attempt), no Job needed. Returns the heads of the jobs removed."""
 
     def next_id(self) -> int:
         """Every id ever allocated is below this one."""

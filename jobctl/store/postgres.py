@@ -19,11 +19,11 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from jobctl import fsutil
 from jobctl.errors import NotFound, StoreDamaged, StoreError, UsageError
-from jobctl.model import FINISHED, UNFINISHED, Job, State, WorkerRef, iso, now, transition
+from jobctl.model import FINISHED, UNFINISHED, Job, JobHead, State, WorkerRef, iso, now, transition
 from jobctl.scheduler import RATE_HORIZON_S, Capacity, pick, queue_room, rate_room, settle_all
 from jobctl.store.base import Guarded, JobSpec
 
@@ -32,6 +32,8 @@ CHANNEL = "jobctl"
 CLAIM_LOCK = 0x6A6F6263  # "jobc": serialises the transactions that move jobs (see _moving)
 SCHEMA_LOCK = 0x6A6F6273
 _UNFINISHED = sorted(s.value for s in UNFINISHED)
+_ATTEMPT = "COALESCE((record->>'attempt')::integer, 0)"  # as Job.from_record reads it
+_J = TypeVar("_J", Job, JobHead)
 
 DDL = """
 CREATE TABLE IF NOT EXISTS jobctl_meta (key text PRIMARY KEY, value text NOT NULL);
@@ -225,6 +227,19 @@ class PostgresStore:
         self.conn.commit()
         return [self._job(r[0]) for r in records]
 
+    def public_json(self, *, states: Collection[State] | None = None, queues: Collection[str] | None = None,
+                    render: Callable[[Job], bytes]) -> list[bytes]:
+        return [render(j) for j in self.query(states=states, queues=queues)]
+
+    def heads(self) -> list[JobHead]:
+        """One query for the columns cleanup needs; attempt and finished_at come out of the
+        JSONB record in SQL, no record is decoded here."""
+        rows = self.conn.execute(
+            f"SELECT id, state, {_ATTEMPT}, (record->>'finished_at')::double precision FROM jobctl_jobs ORDER BY id"
+        ).fetchall()
+        self.conn.commit()
+        return [JobHead(i, State(state), attempt, finished_at) for i, state, attempt, finished_at in rows]
+
     def env(self, job: Job) -> dict[str, str]:
         row = self.conn.execute("SELECT env FROM jobctl_envs WHERE ref = %s", (job.env_ref,)).fetchone()
         self.conn.commit()
@@ -300,15 +315,26 @@ class PostgresStore:
         return [job for job, _ in staged]
 
     def delete(self, jobs: Sequence[Job]) -> list[Job]:
+        return self._delete(jobs)
+
+    def delete_heads(self, heads: Sequence[JobHead]) -> list[JobHead]:
+        return self._delete(heads)
+
+    def _delete(self, jobs: Sequence[_J]) -> list[_J]:
+        """One guarded DELETE: a row goes only if it is still in the finished state and attempt
+        given (a retry meanwhile keeps it); returns those of `jobs` removed."""
+        given = [j for j in jobs if j.state in FINISHED]
+        if not given:
+            return []
         with self.conn.transaction():
-            current = self._rows("id = ANY(%s)", [[j.id for j in jobs]], lock="FOR UPDATE")
-            doomed = [
-                j for j in jobs
-                if j.id in current and j.state in FINISHED
-                and current[j.id][0]["state"] == j.state.value and current[j.id][0]["attempt"] == j.attempt
-            ]
-            self.conn.execute("DELETE FROM jobctl_jobs WHERE id = ANY(%s)", ([j.id for j in doomed],))
-            return doomed
+            rows = self.conn.execute(
+                f"DELETE FROM jobctl_jobs USING unnest(%s::bigint[], %s::text[], %s::integer[]) AS g(id, state, attempt) "
+                f"WHERE jobctl_jobs.id = g.id AND jobctl_jobs.state = g.state AND {_ATTEMPT} = g.attempt "
+                f"RETURNING jobctl_jobs.id, jobctl_jobs.state, {_ATTEMPT}",
+                ([j.id for j in given], [j.state.value for j in given], [j.attempt for j in given]),
+            ).fetchall()
+        gone = {(i, state, attempt) for i, state, attempt in rows}
+        return [j for j in given if (j.id, j.state.value, j.attempt) in gone]
 
     def next_id(self) -> int:
         last, called = self.conn.execute("SELECT last_value, is_called FROM jobctl_job_ids").fetchone() or (1, False)
