@@ -439,3 +439,23 @@ def test_reuse_in_a_store_written_before_the_reuse_index_builds_it_from_the_shar
     assert b'"reuse"' not in (store.root / "state.json").read_bytes()
     [reused] = store.submit([JobSpec(spec().job._replace(unique_key="k"), {}, reuse=True)], at=3.0)
     assert reused.id == a.id and b'"reuse"' in (store.root / "state.json").read_bytes()  # kept from now on
+
+
+def test_history_filters_by_job_and_time_and_follows_by_offset(store: Store) -> None:
+    from jobctl.model import iso
+
+    base = 1_900_000_000.0
+    store.append_history([{"at": iso(base + k), "job": j, "event": f"e{k}"} for k, j in enumerate([1, 2, 1, None, 2])])
+    everything, offset = store.history()
+    assert [e["event"] for e in everything] == ["e0", "e1", "e2", "e3", "e4"]
+    assert [e["event"] for e in store.history(job_id=1)[0]] == ["e0", "e2"]
+    assert [e["event"] for e in store.history(since=base + 2)[0]] == ["e2", "e3", "e4"]
+    assert [e["event"] for e in store.history(job_id=2, since=base + 2)[0]] == ["e4"]
+    # Following: only what came after the offset, and the offset moves past events that do
+    # not match, so they are not looked at again.
+    assert store.history(offset=offset) == ([], offset)
+    store.append_history([{"at": iso(base + 10), "job": 2, "event": "e5"}, {"at": iso(base + 11), "job": 1, "event": "e6"}])
+    newer, offset2 = store.history(job_id=1, offset=offset)
+    assert [e["event"] for e in newer] == ["e6"] and offset2 != offset
+    assert store.history(job_id=2, offset=offset2) == ([], offset2)
+    assert [e["event"] for e in store.history(job_id=2, offset=offset)[0]] == ["e5"]

@@ -367,12 +367,19 @@ class PostgresStore:
 
     def history(self, *, job_id: int | None = None, since: float | None = None,
                 offset: int = 0) -> tuple[list[dict[str, Any]], int]:
-        rows = self.conn.execute("SELECT n, event FROM jobctl_history WHERE n > %s ORDER BY n", (offset,)).fetchall()
-        self.conn.commit()
-        since_iso = None if since is None else iso(since)
-        events = [e for _, e in rows
-                  if (job_id is None or e.get("job") == job_id) and (since_iso is None or e["at"] >= since_iso)]
-        return events, rows[-1][0] if rows else offset
+        # Filtered in the database; the offset returned is the newest event looked at, matching
+        # or not, so that `--follow` never reads the same events twice.
+        with self.conn.transaction():
+            top = self.conn.execute("SELECT max(n) FROM jobctl_history WHERE n > %s", (offset,)).fetchone()
+            if top is None or top[0] is None:
+                return [], offset
+            rows = self.conn.execute(
+                "SELECT event FROM jobctl_history WHERE n > %s AND n <= %s"
+                " AND (%s::bigint IS NULL OR job = %s)"
+                """ AND (%s::text IS NULL OR (event->>'at') COLLATE "C" >= %s) ORDER BY n""",
+                (offset, top[0], job_id, job_id, *[None if since is None else iso(since)] * 2),
+            ).fetchall()
+        return [e for (e,) in rows], top[0]
 
     def prune_history(self, removed: Collection[int], summary: dict[str, Any]) -> None:
         with self.conn.transaction():
