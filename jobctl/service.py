@@ -470,7 +470,7 @@ def cleanup(
     freed = sum(sizes[i] for i in leftovers)
     if dry_run:
         return CleanupReport(victims, freed + sum(sizes[h.id] for h in victims), True, sizes, leftovers)
-    removed = store.delete_heads(victims)
+    removed = store.delete(victims)
     jobdir.discard(store.root, [h.id for h in removed] + leftovers)
     if removed:
         store.prune()

@@ -157,7 +157,7 @@ def test_heads_list_every_job_in_id_order(store: Store) -> None:
     assert store.heads()[4] == JobHead(5, State.RUNNING, 2, None)
 
 
-def test_delete_heads_removes_only_finished_jobs_still_as_listed(store: Store) -> None:
+def test_delete_of_heads_removes_only_finished_jobs_still_as_listed(store: Store) -> None:
     n = FLUSH_AT + 6
     store.submit([spec(queue="b" if i == 3 else "a") for i in range(1, n + 1)], at=1.0)
     running = claim(store, slots=n - 1)
@@ -172,7 +172,7 @@ def test_delete_heads_removes_only_finished_jobs_still_as_listed(store: Store) -
     assert three.id == 3 and three.attempt == 2
     finish_all(store, [three], {3: State.FAILED})
     forged = [JobHead(n, State.COMPLETED, 0, None), JobHead(n - 1, State.COMPLETED, 1, None)]  # unfinished jobs
-    removed = store.delete_heads([*before, *forged])
+    removed = store.delete([*before, *forged])
     assert [h.id for h in removed] == [1, *range(4, n - 1)]
     assert removed == [h for h in before if h.id in {1, *range(4, n - 1)}]
     assert store.heads() == [JobHead(2, State.QUEUED, 1, None), JobHead(3, State.FAILED, 2, 1003.123456789),
@@ -181,9 +181,9 @@ def test_delete_heads_removes_only_finished_jobs_still_as_listed(store: Store) -
         store.get(1)
     assert [j.id for j in store.query()] == [2, 3, n - 1, n]
     current_three = store.heads()[1]
-    assert store.delete_heads([current_three]) == [current_three]
-    assert store.delete_heads([current_three]) == []  # already gone
-    assert store.delete_heads([]) == []
+    assert store.delete([current_three]) == [current_three]
+    assert store.delete([current_three]) == []  # already gone
+    assert store.delete([]) == []
     assert [h.id for h in store.heads()] == [2, n - 1, n]
 
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from jobctl.errors import Conflict, NotFound
 from jobctl.model import FINISHED, Job, JobHead, State, WorkerRef, iso, now
 from jobctl.scheduler import Capacity
+
+Doomed = TypeVar("Doomed", Job, JobHead)
+"""What `delete` takes and gives back: Jobs, or the JobHeads `heads` listed (cleanup)."""
 
 
 class JobSpec(NamedTuple):
@@ -175,16 +178,13 @@ class Store(Protocol):
         dependencies this settles move on in the same write (`scheduler.settle_all`).
         """
 
-    def delete(self, jobs: Sequence[Job]) -> list[Job]:
+    def delete(self, jobs: Sequence[Doomed]) -> list[Doomed]:
         """Remove the records of finished jobs that are still as given (same state, attempt).
+        Jobs or the heads `heads` listed: only id, state and attempt are looked at.
 
         Returns the ones removed; a job that changed meanwhile (a retry) is skipped. Atomic per
         job; the job directories are the caller's to remove afterwards.
         """
-
-    def delete_heads(self, heads: Sequence[JobHead]) -> list[JobHead]:
-        """`delete` for what `heads` listed: the same guards (finished, same state and
-        attempt), no Job needed. Returns the heads of the jobs removed."""
 
     def next_id(self) -> int:
         """Every id ever allocated is below this one."""

@@ -28,7 +28,7 @@ import zlib
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from jobctl import fsutil
 from jobctl.errors import NotFound, StoreDamaged, StoreError, StoreLocked, UsageError
@@ -36,7 +36,7 @@ from jobctl.jobdir import job_dir_ids, jobs_prefix
 from jobctl.model import FINISHED, Job, JobHead, State, WorkerRef, iso, now, transition
 from jobctl.scheduler import RATE_HORIZON_S, Capacity, pick, queue_room, rate_room, settle_all, unfit_reason
 from jobctl.store import wake
-from jobctl.store.base import Guarded, JobSpec
+from jobctl.store.base import Doomed, Guarded, JobSpec
 
 if TYPE_CHECKING:
     from jobctl.store.jsonscan import Decoded, Scan
@@ -48,7 +48,6 @@ SHARD_SIZE = 10_000
 PARALLEL_AT = 16 << 20
 """Bytes of shards from which `public_json` takes a second process (about 20,000 jobs)."""
 _CREATED_BY_INIT = {"lock", "store.json", "state.json", "done", "env", "jobs", "wake"}
-_J = TypeVar("_J", Job, JobHead)
 
 
 def _dumps(obj: Any) -> bytes:
@@ -636,17 +635,10 @@ class JsonStore:
             hot.put(job, version)
         return [job for job, _ in staged]
 
-    def delete(self, jobs: Sequence[Job]) -> list[Job]:
-        return self._delete(jobs)
-
-    def delete_heads(self, heads: Sequence[JobHead]) -> list[JobHead]:
-        """`delete` for what `heads` listed (cleanup): the same guards, no Job needed."""
-        return self._delete(heads)
-
-    def _delete(self, jobs: Sequence[_J]) -> list[_J]:
+    def delete(self, jobs: Sequence[Doomed]) -> list[Doomed]:
         with self._transaction() as hot:
             doomed: set[int] = set()
-            in_shards: dict[int, list[_J]] = {}
+            in_shards: dict[int, list[Doomed]] = {}
             for job in jobs:
                 if job.state not in FINISHED:
                     continue

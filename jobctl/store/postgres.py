@@ -19,13 +19,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from jobctl import fsutil
 from jobctl.errors import NotFound, StoreDamaged, StoreError, UsageError
 from jobctl.model import FINISHED, UNFINISHED, Job, JobHead, State, WorkerRef, iso, now, transition
 from jobctl.scheduler import RATE_HORIZON_S, Capacity, pick, queue_room, rate_room, settle_all
-from jobctl.store.base import Guarded, JobSpec
+from jobctl.store.base import Doomed, Guarded, JobSpec
 
 SCHEMA = 1
 CHANNEL = "jobctl"
@@ -33,7 +33,6 @@ CLAIM_LOCK = 0x6A6F6263  # "jobc": serialises the transactions that move jobs (s
 SCHEMA_LOCK = 0x6A6F6273
 _UNFINISHED = sorted(s.value for s in UNFINISHED)
 _ATTEMPT = "COALESCE((record->>'attempt')::integer, 0)"  # as Job.from_record reads it
-_J = TypeVar("_J", Job, JobHead)
 
 DDL = """
 CREATE TABLE IF NOT EXISTS jobctl_meta (key text PRIMARY KEY, value text NOT NULL);
@@ -314,13 +313,7 @@ class PostgresStore:
             self._put(job, version)
         return [job for job, _ in staged]
 
-    def delete(self, jobs: Sequence[Job]) -> list[Job]:
-        return self._delete(jobs)
-
-    def delete_heads(self, heads: Sequence[JobHead]) -> list[JobHead]:
-        return self._delete(heads)
-
-    def _delete(self, jobs: Sequence[_J]) -> list[_J]:
+    def delete(self, jobs: Sequence[Doomed]) -> list[Doomed]:
         """One guarded DELETE: a row goes only if it is still in the finished state and attempt
         given (a retry meanwhile keeps it); returns those of `jobs` removed."""
         given = [j for j in jobs if j.state in FINISHED]
