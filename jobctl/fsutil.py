@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -146,3 +146,27 @@ def filesystem_type(path: Path, mounts: str | None = None) -> str | None:
         if (target == point or target.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
             best, kind = point, parts[2]
     return kind
+
+
+def detach(keep: Sequence[int], limit: int | None = None) -> None:
+    """For a forked child that lives on its own: stdin, stdout and stderr on /dev/null (not
+    the worker's terminal or pipes, which a long job must not hold open), and every other
+    descriptor closed but `keep` (the parent's lock files, FIFOs, sockets and pidfds are not
+    the child's). `limit`: no descriptor to close is at or above it (spares listing them)."""
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    if devnull > 2:
+        os.close(devnull)
+    low = 3
+    for fd in sorted(keep):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, max(low, limit or max_fd()))
+
+
+def max_fd() -> int:
+    try:
+        return max(int(n) for n in os.listdir("/proc/self/fd")) + 1
+    except (OSError, ValueError):
+        return os.sysconf("SC_OPEN_MAX")

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jobctl import __version__
+from jobctl import __version__, fsutil
 from jobctl.errors import JobctlError
 from jobctl.model import Job, Progress, iso
 
@@ -360,12 +360,7 @@ def _delete_in_background(batches: Sequence[tuple[int, str]], trash: str) -> boo
         try:
             if os.fork() == 0:
                 os.setsid()
-                null = os.open(os.devnull, os.O_RDWR)
-                for fd in (0, 1, 2):
-                    os.dup2(null, fd)
-                keep = sorted({fd for fd, _ in batches})
-                for low, high in zip([2, *keep], [*keep, os.sysconf("SC_OPEN_MAX")], strict=True):
-                    os.closerange(low + 1, high)
+                fsutil.detach(keep=[fd for fd, _ in batches])
                 os.chdir("/")
                 os.nice(10)
                 _delete(batches, trash, strict=False)
@@ -389,8 +384,6 @@ PROGRESS_FILE = "progress.json"
 def write_progress(jd: Path, attempt: int, percent: float | None, message: str | None, at: float) -> float | None:
     """Record a running job's progress in its directory: atomic, no fsync, no store lock, so
     a job can report every second. Returns the percent reported before (for milestones)."""
-    from jobctl import fsutil
-
     before = read_progress(jd, attempt)
     data = {"attempt": attempt, "percent": percent, "message": message, "at": at}
     fsutil.atomic_write(jd / PROGRESS_FILE, json.dumps(data).encode(), durable=False)

@@ -25,7 +25,8 @@ import signal
 import socket
 import struct
 
-from jobctl import supervisor
+from jobctl import fsutil, supervisor
+from jobctl.store import wake
 
 _LEN = struct.Struct("!I")
 _PID = struct.Struct("!q")
@@ -89,26 +90,17 @@ def _serve(sock: socket.socket) -> None:
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     # Nothing of the worker's: not its store lock, FIFO, database connection or terminal.
-    keep = sorted({sock.fileno(), wake_r, wake_w})
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
-    if devnull > 2:
-        os.close(devnull)
-    low = 3
-    for fd in keep:
-        os.closerange(low, fd)
-        low = fd + 1
-    os.closerange(low, supervisor.max_fd())
-    fd_limit = keep[-1] + 1  # nothing of ours above it but a life lock: spares listing them
+    keep = [sock.fileno(), wake_r, wake_w]
+    fsutil.detach(keep)
+    fd_limit = max(keep) + 1  # nothing of ours above it but a life lock: spares listing them
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLIN)
     poller.register(wake_r, select.POLLIN)
     while True:
         ready = {fd for fd, _ in poller.poll()}
         if wake_r in ready:
-            _drain(wake_r)
-            _reap()
+            wake.drain(wake_r)
+            supervisor.reap_exited()
         if sock.fileno() in ready:
             head = _recv_exact(sock, _LEN.size)
             if not head:
@@ -134,21 +126,3 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
         chunks.append(chunk)
         got += len(chunk)
     return b"".join(chunks)
-
-
-def _drain(fd: int) -> None:
-    try:
-        while os.read(fd, 256):
-            pass
-    except BlockingIOError:
-        pass
-
-
-def _reap() -> None:
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return

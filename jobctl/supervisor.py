@@ -30,6 +30,7 @@ from typing import Any
 from jobctl import fsutil
 from jobctl.model import Job, Progress, State, Usage, format_duration, format_size, now, transition
 from jobctl.scheduler import retry_delay, should_retry
+from jobctl.store import wake
 
 RUN_FILE = "run.json"
 RESULT_FILE = "result.json"
@@ -94,18 +95,10 @@ def start(launch: Launch, fd_limit: int | None = None) -> int:
             # Orphans of the job (a daemon that double-forked and left the job's session) are
             # re-parented to this supervisor instead of init, so a stop finds and kills them.
             _prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-        # Not the worker's terminal or pipes: a long job must not hold them open.
-        devnull = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(devnull, fd)
-        if devnull > 2:
-            os.close(devnull)
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
-        # The caller's lock files, FIFOs, sockets and pidfds are not ours; the life lock is.
-        os.closerange(3, life)
-        os.closerange(life + 1, fd_limit or max_fd())
+        fsutil.detach(keep=[life], limit=fd_limit)  # the life lock is ours; nothing else of the caller's
         _supervise(launch)
     except BaseException:
         code = 70
@@ -138,13 +131,6 @@ def _stop_tree(pgid: int, sig: int) -> None:
             proc.send_signal(sig)
         except psutil.Error:
             pass
-
-
-def max_fd() -> int:
-    try:
-        return max(int(n) for n in os.listdir("/proc/self/fd")) + 1
-    except (OSError, ValueError):
-        return os.sysconf("SC_OPEN_MAX")
 
 
 def _supervise(launch: Launch) -> None:
@@ -291,8 +277,9 @@ def _start_failure(e: OSError, job: Job) -> dict[str, Any]:
     return {"reason": "start_failed", "error": f"cannot start {name}: {e.strerror}"}
 
 
-def _reap_orphans() -> None:
-    """Collect the exit status of re-parented orphans that have died, so none stays a zombie."""
+def reap_exited() -> None:
+    """Collect the exit status of every child (or re-parented orphan) that has died, so none
+    stays a zombie."""
     while True:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
@@ -405,10 +392,7 @@ def _watch(proc: subprocess.Popen[bytes], launch: Launch, wake_r: int, requested
         if pidfd in ready:
             break
         if wake_r in ready:
-            try:
-                os.read(wake_r, 64)
-            except BlockingIOError:
-                pass
+            wake.drain(wake_r)
         if time.monotonic() >= next_sample:
             current = memory.sample()
             next_sample = time.monotonic() + (SAMPLE_LIMITED_S if limit else SAMPLE_S)
@@ -429,7 +413,7 @@ def _watch(proc: subprocess.Popen[bytes], launch: Launch, wake_r: int, requested
     proc.returncode = 0  # reaped here; keep Popen from waiting again
     if reason is not None:
         _stop_tree(proc.pid, signal.SIGKILL)  # stragglers: background children, daemons
-        _reap_orphans()
+        reap_exited()
     usage = {
         "cpu_user_s": round(ru.ru_utime, 3),
         "cpu_sys_s": round(ru.ru_stime, 3),

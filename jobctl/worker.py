@@ -108,10 +108,13 @@ class Worker:
         self.leaving_since: float | None = None
         """When the worker found itself done (idle or stopping) while children still ran."""
 
+    def free_slots(self) -> int:
+        return self.concurrency - sum(r.job.cpus for r in self.running.values())
+
     def capacity(self) -> Capacity:
         busy = {g for r in self.running.values() for g in r.job.gpu_ids}
         return Capacity(
-            free_slots=self.concurrency - sum(r.job.cpus for r in self.running.values()),
+            free_slots=self.free_slots(),
             total_slots=self.concurrency,
             free_gpu_ids=tuple(g for g in self.gpus if g not in busy),
             total_gpus=len(self.gpus),
@@ -164,7 +167,7 @@ class Worker:
                 started = self._fill()
                 # One look at the store per round, and none while every slot is busy: a delayed
                 # job that comes due then could not start anyway, and the next job's end wakes us.
-                full = self.capacity().free_slots <= 0 or self.stopping > 0
+                full = self.free_slots() <= 0 or self.stopping > 0
                 waits = [] if started or full else self._timed_waits()
                 idle = not started and not waits
                 if not self.running and (self.stopping or (self.exit_when_idle and idle)):

@@ -31,11 +31,7 @@ class FifoWaker:
         return self.fd
 
     def drain(self) -> None:
-        try:
-            while os.read(self.fd, 4096):
-                pass
-        except BlockingIOError:
-            pass
+        drain(self.fd)
 
     def close(self) -> None:
         try:
@@ -43,6 +39,15 @@ class FifoWaker:
         except FileNotFoundError:
             pass
         os.close(self.fd)
+
+
+def drain(fd: int) -> None:
+    """Read a non-blocking pipe or FIFO empty."""
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
 
 
 def notify(directory: Path) -> None:
